@@ -1,0 +1,152 @@
+"""Validating segment ids and names, de-duplicating ids and splitting them into chunks.
+
+Everything here is pure and runs before any request, so a bad id or name
+never costs a round trip and never leaves half a job done.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from ._exceptions import InvalidSegmentError
+
+__all__ = [
+    "MAX_SEGMENT_ID",
+    "chunked",
+    "normalize_segments",
+    "validate_project",
+    "validate_property",
+]
+
+#: Segment ids are unsigned 64-bit integers.
+MAX_SEGMENT_ID = 2**64 - 1
+
+_PROPERTY_RE = re.compile(r"[A-Za-z0-9_-]+")
+_PROJECT_RE = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def validate_property(name: object) -> str:
+    """Return ``name`` if it is a valid property name (letters, digits, ``_``, ``-``)."""
+    if not isinstance(name, str):
+        raise TypeError(f"property must be a string such as 'link_pre', not {type(name).__name__}")
+    if not _PROPERTY_RE.fullmatch(name):
+        raise ValueError(
+            f"property {name!r} is not a valid name: use only letters, digits, '_' and '-' "
+            "(for example 'link_pre', 'size', 'connectivity')"
+        )
+    return name
+
+
+def validate_project(name: object) -> str:
+    """Return ``name`` if it is a valid project name, else explain how to pass one."""
+    if name is None:
+        raise ValueError(
+            "no project given: pass project= to fetch_property() or to AsyncClient() "
+            "(for example project='fruitfly_fafb_flywire')"
+        )
+    if not isinstance(name, str):
+        raise TypeError(f"project must be a string, not {type(name).__name__}")
+    if not _PROJECT_RE.fullmatch(name):
+        raise ValueError(
+            f"project {name!r} is not a valid name: use only letters, digits, '_', '-' and '.'"
+        )
+    return name
+
+
+def _is_ndarray(obj: object) -> bool:
+    # numpy is optional: recognise arrays by their interface, never import numpy here.
+    return hasattr(obj, "dtype") and hasattr(obj, "ndim") and hasattr(obj, "tolist")
+
+
+def _one_id(value: Any, position: int) -> int:
+    """Convert one id, or raise an error that names the value and its position."""
+    where = f"segment at position {position}"
+    kind = getattr(getattr(value, "dtype", None), "kind", "")  # numpy scalars
+    if isinstance(value, bool) or kind == "b":
+        raise InvalidSegmentError(
+            f"{where} is a boolean ({value!r}), not a segment id",
+            position=position,
+            value=repr(value),
+        )
+    if isinstance(value, str):
+        text = value.strip()
+        if not (text.isascii() and text.isdigit()):
+            raise InvalidSegmentError(
+                f"{where} is the string {value!r}, which is not a decimal segment id",
+                position=position,
+                value=repr(value),
+            )
+        number = int(text)
+    elif isinstance(value, float) or kind in ("f", "c"):
+        raise InvalidSegmentError(
+            f"{where} is a float ({value!r}); segment ids are integers (a float cannot hold "
+            "an 18-digit id exactly, so convert from the original integers or strings)",
+            position=position,
+            value=repr(value),
+        )
+    else:
+        try:
+            number = operator.index(value)
+        except TypeError:
+            hint = " (nested lists are not accepted: flatten them)" if _is_sequence(value) else ""
+            raise InvalidSegmentError(
+                f"{where} is {value!r} of type {type(value).__name__}, "
+                f"not an integer segment id{hint}",
+                position=position,
+                value=repr(value),
+            ) from None
+    if not 0 <= number <= MAX_SEGMENT_ID:
+        raise InvalidSegmentError(
+            f"{where} is {number}, outside the segment id range [0, 2**64)",
+            position=position,
+            value=repr(value),
+        )
+    return number
+
+
+def _is_sequence(value: object) -> bool:
+    if _is_ndarray(value):
+        return bool(getattr(value, "ndim", 0))
+    return isinstance(value, (list, tuple, set, frozenset))
+
+
+def normalize_segments(segments: Iterable[Any]) -> list[int]:
+    """Validate ``segments`` and return them as unique ints in first-seen order.
+
+    Accepts any iterable of Python ints, numpy integers (scalars or a 1-d integer
+    array) and decimal strings. Raises :class:`InvalidSegmentError` (a
+    ``ValueError`` and ``TypeError``) naming the first bad value and its position.
+    """
+    if isinstance(segments, (str, bytes, bytearray)) or not hasattr(segments, "__iter__"):
+        if _is_ndarray(segments) and getattr(segments, "ndim", 1) == 0:
+            segments = [segments]
+        else:
+            raise TypeError(
+                "segments must be an iterable of segment ids (a list, tuple, numpy array, ...), "
+                f"not {type(segments).__name__}; wrap a single id in a list: [720575940634474894]"
+            )
+    if _is_ndarray(segments):
+        kind = segments.dtype.kind  # type: ignore[attr-defined]
+        if segments.ndim != 1:  # type: ignore[attr-defined]
+            raise InvalidSegmentError(
+                f"segments must be a 1-d array, not {segments.ndim}-d; flatten it first",  # type: ignore[attr-defined]
+                position=None,
+            )
+        if kind in "iu":
+            # tolist() yields Python ints; only the range remains to be checked.
+            segments = segments.tolist()  # type: ignore[attr-defined]
+    ids = segments if isinstance(segments, list) else list(segments)
+    # Fast path, entirely in C: a list of plain ints inside the range.
+    if ids and set(map(type, ids)) == {int} and min(ids) >= 0 and max(ids) <= MAX_SEGMENT_ID:
+        return list(dict.fromkeys(ids))
+    converted = [_one_id(value, position) for position, value in enumerate(ids)]
+    return list(dict.fromkeys(converted))
+
+
+def chunked(ids: Sequence[int], size: int) -> Iterator[list[int]]:
+    """Split ``ids`` into consecutive chunks of at most ``size`` ids."""
+    for start in range(0, len(ids), size):
+        yield list(ids[start : start + size])

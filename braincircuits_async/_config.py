@@ -1,0 +1,175 @@
+"""Settings of the client: small frozen dataclasses, validated once at construction.
+
+Defaults live here and nowhere else. Tokens are not settings: they live in
+:class:`Secret` so that no ``repr`` can show them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = [
+    "CAVE_PROJECTS",
+    "DEFAULT_BASE_URL",
+    "ClientConfig",
+    "Consistency",
+    "RetryPolicy",
+    "Secret",
+    "resolve_base_url",
+    "resolve_cave_token",
+    "resolve_token",
+]
+
+DEFAULT_BASE_URL = "https://api.braincircuits.io"
+
+#: Projects managed by CAVE, for which the server wants the CAVE token too.
+CAVE_PROJECTS = frozenset({"fruitfly_fafb_flywire", "fruitfly_fanc_cave"})
+
+Consistency = Literal["refetch", "strict", "ignore"]
+CONSISTENCY_MODES: tuple[str, ...] = ("refetch", "strict", "ignore")
+
+TOKEN_ENV = ("BRAINCIRCUITS_TOKEN",)
+CAVE_TOKEN_ENV = ("BRAINCIRCUITS_CAVE_TOKEN", "CAVE_TOKEN")
+BASE_URL_ENV = ("BRAINCIRCUITS_URL", "BRAINCIRCUITS_ENDPOINT")
+
+
+class Secret:
+    """A token that never shows itself in ``repr``, ``str`` or f-strings."""
+
+    __slots__ = ("_value", "source")
+
+    def __init__(self, value: str, source: str) -> None:
+        self._value = value
+        #: Where the token came from ("token=" or an environment variable), for messages.
+        self.source = source
+
+    def reveal(self) -> str:
+        """The token itself: only for building a request header."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret(<hidden>, source={self.source!r})"
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return repr(self)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError("a Secret (token) cannot be pickled")
+
+
+def _from_env(names: tuple[str, ...], environ: Mapping[str, str]) -> tuple[str, str] | None:
+    for name in names:
+        value = environ.get(name, "").strip()
+        if value:
+            return value, name
+    return None
+
+
+def _secret(
+    value: str | None, argument: str, names: tuple[str, ...], environ: Mapping[str, str] | None
+) -> Secret | None:
+    if value is not None:
+        if not isinstance(value, str):
+            raise TypeError(f"{argument} must be a string, not {type(value).__name__}")
+        value = value.strip()
+        if not value:
+            raise ValueError(f"{argument} is empty; pass the token or leave it as None")
+        if any(c in value for c in "\r\n\0"):
+            raise ValueError(f"{argument} contains a line break or NUL; paste the token alone")
+        return Secret(value, f"{argument}=")
+    found = _from_env(names, os.environ if environ is None else environ)
+    return None if found is None else Secret(found[0], found[1])
+
+
+def resolve_token(value: str | None, environ: Mapping[str, str] | None = None) -> Secret | None:
+    """The BrainCircuits token: ``token=``, else ``BRAINCIRCUITS_TOKEN``."""
+    return _secret(value, "token", TOKEN_ENV, environ)
+
+
+def resolve_cave_token(
+    value: str | None, environ: Mapping[str, str] | None = None
+) -> Secret | None:
+    """The CAVE token: ``cave_token=``, else ``BRAINCIRCUITS_CAVE_TOKEN``, else ``CAVE_TOKEN``."""
+    return _secret(value, "cave_token", CAVE_TOKEN_ENV, environ)
+
+
+def resolve_base_url(value: str | None, environ: Mapping[str, str] | None = None) -> str:
+    """``base_url=``, else ``BRAINCIRCUITS_URL`` or ``BRAINCIRCUITS_ENDPOINT``, else the API."""
+    if value is None:
+        found = _from_env(BASE_URL_ENV, os.environ if environ is None else environ)
+        value = DEFAULT_BASE_URL if found is None else found[0]
+    if not isinstance(value, str):
+        raise TypeError(f"base_url must be a string, not {type(value).__name__}")
+    return value.rstrip("/")
+
+
+def _check_int(name: str, value: object, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < low or (high is not None and value > high):
+        upper = "" if high is None else f" and at most {high}"
+        raise ValueError(f"{name} must be at least {low}{upper}; got {value}")
+
+
+def _check_seconds(name: str, value: object, *, allow_zero: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number of seconds {bound}; got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """How failed requests are retried.
+
+    Waits are exponential with full jitter: before retry ``n`` (1-based) the
+    client sleeps a random time in ``[0, min(backoff_max, backoff_base * 2**(n-1))]``,
+    or at least the server's ``Retry-After`` when it sends one. A ``Retry-After``
+    longer than ``max_retry_after`` fails the chunk at once instead of waiting.
+    """
+
+    max_retries: int = 5
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    max_retry_after: float = 120.0
+
+    def __post_init__(self) -> None:
+        _check_int("max_retries", self.max_retries, 0, 100)
+        _check_seconds("backoff_base", self.backoff_base, allow_zero=True)
+        _check_seconds("backoff_max", self.backoff_max, allow_zero=True)
+        _check_seconds("max_retry_after", self.max_retry_after, allow_zero=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientConfig:
+    """Everything an :class:`~braincircuits_async.AsyncClient` needs but its tokens."""
+
+    base_url: str = DEFAULT_BASE_URL
+    project: str | None = None
+    chunk_size: int = 500
+    max_concurrency: int = 8
+    timeout: float = 30.0
+    consistency: Consistency = "refetch"
+    #: How many rounds of re-fetching stale chunks ``consistency="refetch"`` tries.
+    max_refetch_rounds: int = 3
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def __post_init__(self) -> None:
+        _check_int("chunk_size", self.chunk_size, 1, 100_000)
+        _check_int("max_concurrency", self.max_concurrency, 1, 1024)
+        _check_int("max_refetch_rounds", self.max_refetch_rounds, 0, 100)
+        _check_seconds("timeout", self.timeout)
+        if self.consistency not in CONSISTENCY_MODES:
+            raise ValueError(
+                f"consistency must be one of {', '.join(map(repr, CONSISTENCY_MODES))}; "
+                f"got {self.consistency!r}"
+            )
+        if self.project is not None and not isinstance(self.project, str):
+            raise TypeError(f"project must be a string, not {type(self.project).__name__}")

@@ -1,0 +1,175 @@
+"""The one exception hierarchy of braincircuits-async.
+
+Every error the client raises on purpose derives from :class:`BrainCircuitsError`::
+
+    BrainCircuitsError
+    ├── InvalidSegmentError          (also ValueError and TypeError: a bad id, before any request)
+    ├── APIError                     (something went wrong talking to the server)
+    │   ├── APIStatusError           (an answer with an error status: .status_code, .body)
+    │   │   ├── AuthenticationError  (401/403, or a token missing before any request)
+    │   │   └── RateLimitError       (429 after the retries ran out)
+    │   ├── APIConnectionError       (no answer: connection refused, dropped, ...)
+    │   │   └── APITimeoutError      (no answer within `timeout`)
+    │   └── MalformedResponseError   (an answer that is not the documented shape)
+    ├── InconsistentMaterializationError  (.timestamps, .result)
+    └── IncompleteResultError        (.result of the chunks that succeeded, .failures)
+
+Lower-layer errors (httpx, json) are translated into these in one place, the
+client's request step; the original is kept as ``__cause__``. Messages never
+contain a token: they name the argument or environment variable instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._models import SegmentPropertyResult
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BrainCircuitsError",
+    "IncompleteResultError",
+    "InconsistentMaterializationError",
+    "InvalidSegmentError",
+    "MalformedResponseError",
+    "RateLimitError",
+]
+
+#: How much of an error body an exception keeps (characters).
+BODY_EXCERPT_CHARS = 300
+
+
+def excerpt(text: str, limit: int = BODY_EXCERPT_CHARS) -> str:
+    """Shorten ``text`` to ``limit`` characters on one line, marking the cut."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class BrainCircuitsError(Exception):
+    """Base class of every error raised by braincircuits-async."""
+
+
+class InvalidSegmentError(BrainCircuitsError, ValueError, TypeError):
+    """A segment id is not an integer in [0, 2**64).
+
+    It is both a ``ValueError`` and a ``TypeError`` so that code written for
+    either keeps working. ``.position`` is the index of the offending value in
+    the input and ``.value`` its ``repr``.
+    """
+
+    def __init__(self, message: str, *, position: int | None = None, value: str = "") -> None:
+        super().__init__(message)
+        self.position = position
+        self.value = value
+
+
+class APIError(BrainCircuitsError):
+    """The server could not be reached, refused the request, or answered nonsense."""
+
+
+class APIStatusError(APIError):
+    """The server answered with an error status.
+
+    ``status_code`` is the HTTP status (``None`` when the error was raised before
+    any request, as for a missing token), ``body`` a short excerpt of the answer
+    and ``retry_after`` the seconds the server asked to wait, if it said.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        body: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.body = body
+        self.retry_after = retry_after
+
+
+class AuthenticationError(APIStatusError):
+    """A token is missing, or the server refused one (401/403).
+
+    The message says which token (BrainCircuits or CAVE), how to pass it and
+    where to get a new one. It never contains the token itself.
+    """
+
+
+class RateLimitError(APIStatusError):
+    """The server kept answering 429 (too many requests) after every retry."""
+
+
+class APIConnectionError(APIError):
+    """No answer came back: the connection failed, was dropped, or the body was cut."""
+
+
+class APITimeoutError(APIConnectionError):
+    """No answer came back within the client's ``timeout``."""
+
+
+class MalformedResponseError(APIError):
+    """The server's answer is not the documented shape.
+
+    ``body`` is a short excerpt of the answer, to show what came instead;
+    ``transient`` is true when the answer could not even be read (cut short,
+    not JSON), which is worth a retry.
+    """
+
+    def __init__(self, message: str, *, body: str = "", transient: bool = False) -> None:
+        super().__init__(message)
+        self.body = body
+        self.transient = transient
+
+
+class InconsistentMaterializationError(BrainCircuitsError):
+    """Chunks of one call came from different materializations of the dataset.
+
+    ``timestamps`` are the distinct ``materialized_timestamp`` values seen,
+    oldest first. ``result`` holds everything that was fetched (each segment
+    with its newest value), and ``segment_timestamps`` tells for each segment
+    which materialization its value came from, so nothing fetched is lost.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        timestamps: tuple[int, ...],
+        result: SegmentPropertyResult,
+        segment_timestamps: Mapping[int, int],
+    ) -> None:
+        super().__init__(message)
+        self.timestamps = timestamps
+        self.result = result
+        self.segment_timestamps = segment_timestamps
+
+
+class IncompleteResultError(BrainCircuitsError):
+    """Some chunks failed for good while others succeeded.
+
+    ``result`` is the merged result of every chunk that succeeded (nothing
+    fetched is thrown away); ``failures`` maps each segment that could not be
+    fetched to the reason, as text; ``errors`` holds the distinct underlying
+    exceptions, the first of which is also ``__cause__``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        result: SegmentPropertyResult,
+        failures: Mapping[int, str],
+        errors: tuple[BrainCircuitsError, ...],
+    ) -> None:
+        super().__init__(message)
+        self.result = result
+        self.failures = failures
+        self.errors = errors

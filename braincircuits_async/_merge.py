@@ -1,0 +1,115 @@
+"""Parsing one chunk's answer, and the materialization bookkeeping across chunks.
+
+Pure functions: they see bytes and ids, never the network. A chunk answer is
+accepted only if it is exactly the documented shape and covers only the ids
+that chunk asked for, so a wrong answer can never slip into a merged result.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ._exceptions import MalformedResponseError, excerpt
+
+__all__ = ["ChunkAnswer", "newest_timestamp", "parse_answer", "stale_chunks"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkAnswer:
+    """What one request returned: the values in request order, and what was absent."""
+
+    start: int
+    end: int
+    timestamp: int
+    values: dict[int, dict[str, Any]]
+    missing: list[int]
+
+
+def _malformed(describe: str, problem: str, body: bytes | str) -> MalformedResponseError:
+    text = body if isinstance(body, str) else body[:2000].decode("utf-8", "replace")
+    return MalformedResponseError(
+        f"{describe}: the answer is not the documented shape ({problem})", body=excerpt(text)
+    )
+
+
+def parse_answer(
+    body: bytes, ids: Sequence[int], keys: Sequence[str], *, start: int, describe: str
+) -> ChunkAnswer:
+    """Parse one 200 answer for the chunk ``ids`` (whose decimal strings are ``keys``).
+
+    Raises :class:`MalformedResponseError`: ``transient`` when the body cannot be
+    read as JSON at all (cut short, empty, an HTML page), which is worth a retry,
+    and not transient when it is JSON of the wrong shape.
+    """
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as error:
+        problem = "empty body" if not body.strip() else f"not JSON: {error}"
+        raise MalformedResponseError(
+            f"{describe}: the answer could not be read ({problem})",
+            body=excerpt(body[:2000].decode("utf-8", "replace")),
+            transient=True,
+        ) from None
+    if not isinstance(data, dict):
+        raise _malformed(
+            describe, f"top level is a JSON {type(data).__name__}, not an object", body
+        )
+    timestamp = data.get("materialized_timestamp")
+    if isinstance(timestamp, bool) or not isinstance(timestamp, int) or timestamp < 0:
+        problem = (
+            "no 'materialized_timestamp'"
+            if timestamp is None
+            else f"'materialized_timestamp' is {timestamp!r}, not a non-negative integer"
+        )
+        raise _malformed(describe, problem, body)
+    results = data.get("results")
+    if not isinstance(results, dict):
+        problem = "no 'results'" if results is None else "'results' is not an object"
+        raise _malformed(describe, problem, body)
+
+    values: dict[int, dict[str, Any]] = {}
+    missing: list[int] = []
+    get = results.get
+    for key, segment in zip(keys, ids, strict=True):
+        value = get(key)
+        if value is None:
+            missing.append(segment)
+        else:
+            values[segment] = value
+    if len(values) != len(results):
+        raise _malformed(describe, _unexpected_keys(results, keys), body)
+    if values and set(map(type, values.values())) != {dict}:
+        bad = next(k for k, v in values.items() if not isinstance(v, dict))
+        raise _malformed(
+            describe,
+            f"the value for segment {bad} is {type(values[bad]).__name__}, not an object",
+            body,
+        )
+    return ChunkAnswer(start, start + len(ids), timestamp, values, missing)
+
+
+def _unexpected_keys(results: dict[str, Any], keys: Sequence[str]) -> str:
+    asked = set(keys)
+    for key, value in results.items():
+        if key not in asked:
+            if not (key.isascii() and key.isdigit()):
+                return f"result key {key[:40]!r} is not a decimal segment id"
+            return f"segment {key} was not requested in this chunk"
+        if value is None:
+            return f"the value for segment {key} is null"
+    return "unexpected result keys"  # pragma: no cover - len mismatch always has a cause
+
+
+def newest_timestamp(answers: Iterable[ChunkAnswer]) -> int | None:
+    """The newest materialization among ``answers`` (``None`` if there are none)."""
+    return max((answer.timestamp for answer in answers), default=None)
+
+
+def stale_chunks(answers: Iterable[ChunkAnswer]) -> list[ChunkAnswer]:
+    """The answers that are not from the newest materialization among them."""
+    answers = list(answers)
+    newest = newest_timestamp(answers)
+    return [answer for answer in answers if answer.timestamp != newest]

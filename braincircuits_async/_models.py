@@ -1,0 +1,80 @@
+"""Result types handed back to the user."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+__all__ = ["SegmentPropertyResult"]
+
+
+class SegmentPropertyResult(Mapping[int, dict[str, Any]]):
+    """One property of many segments, from one materialization of the dataset.
+
+    A read-only mapping from segment id (``int``) to that segment's property
+    fields (a ``dict`` as the server sent it), in the order the ids were
+    requested. Segments the server does not know are not keys; they are listed
+    in :attr:`missing`.
+
+    >>> result = await client.fetch_property("link_pre", [720575940634474894])  # doctest: +SKIP
+    >>> result[720575940634474894]  # doctest: +SKIP
+    {'nr_pre': 3847, 'nr_downstream_partner': 1772}
+    >>> result.materialized_timestamp  # doctest: +SKIP
+    1677042002
+
+    Attributes:
+        property: the property name, e.g. ``"link_pre"``.
+        project: the project, e.g. ``"fruitfly_fafb_flywire"``.
+        materialized_timestamp: UNIX time (seconds) of the materialization every
+            value comes from; ``None`` only for an empty request.
+        missing: requested ids the server did not return, in request order.
+    """
+
+    __slots__ = ("_data", "materialized_timestamp", "missing", "project", "property")
+
+    def __init__(
+        self,
+        data: dict[int, dict[str, Any]],
+        *,
+        property: str,
+        project: str,
+        materialized_timestamp: int | None,
+        missing: tuple[int, ...] = (),
+    ) -> None:
+        self._data = data
+        self.property = property
+        self.project = project
+        self.materialized_timestamp = materialized_timestamp
+        self.missing = missing
+
+    def __getitem__(self, segment: int) -> dict[str, Any]:
+        return self._data[segment]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, segment: object) -> bool:
+        return segment in self._data
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, SegmentPropertyResult):
+            return (
+                self._data == other._data
+                and self.property == other.property
+                and self.project == other.project
+                and self.materialized_timestamp == other.materialized_timestamp
+                and self.missing == other.missing
+            )
+        return super().__eq__(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"<SegmentPropertyResult property={self.property!r} project={self.project!r} "
+            f"segments={len(self._data)} missing={len(self.missing)} "
+            f"materialized_timestamp={self.materialized_timestamp}>"
+        )

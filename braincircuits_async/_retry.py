@@ -1,0 +1,174 @@
+"""What to retry and how long to wait, and the tenacity wiring around one request.
+
+The decisions are small pure functions (``should_retry``, ``parse_retry_after``,
+``wait_for``) covered by table-driven tests; tenacity is an implementation detail
+behind :func:`call_with_retry`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import anyio
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from ._config import RetryPolicy
+from ._exceptions import (
+    APIConnectionError,
+    APIStatusError,
+    MalformedResponseError,
+)
+
+__all__ = [
+    "RETRYABLE_STATUS",
+    "call_with_retry",
+    "is_fatal",
+    "parse_retry_after",
+    "should_retry",
+    "wait_for",
+]
+
+logger = logging.getLogger("braincircuits_async")
+
+T = TypeVar("T")
+
+#: Statuses worth another try: throttling and transient server trouble.
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+
+#: Statuses that end the whole call at once (see :func:`is_fatal`).
+FATAL_STATUS = frozenset({401, 403, 404, 422})
+
+# Indirection so tests can swap in a fake clock without sleeping.
+sleep: Callable[[float], Awaitable[None]] = anyio.sleep
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delay-seconds or an HTTP date).
+
+    Returns ``None`` when the header is absent or unreadable, and never a
+    negative number (a date in the past means "now").
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # HTTP dates are GMT even when the zone is "-0000"
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def should_retry(error: BaseException, policy: RetryPolicy) -> bool:
+    """Whether ``error`` from one request is worth another try.
+
+    An allow-list: connection trouble, timeouts, unreadable (e.g. truncated)
+    bodies, and the statuses in :data:`RETRYABLE_STATUS`, unless the server
+    asked for a longer wait than ``policy.max_retry_after``. Everything else,
+    cancellation and programming errors included, is not retried.
+    """
+    if isinstance(error, APIConnectionError):
+        return True
+    if isinstance(error, MalformedResponseError):
+        return error.transient
+    if isinstance(error, APIStatusError) and error.status_code in RETRYABLE_STATUS:
+        return error.retry_after is None or error.retry_after <= policy.max_retry_after
+    return False
+
+
+def is_fatal(error: BaseException) -> bool:
+    """Whether ``error`` dooms the whole call, not just one chunk.
+
+    Refused tokens (401/403), an unknown path (404), a request the server cannot
+    use (422) and redirects would fail every other chunk the same way, so the
+    call stops at once instead of sending them.
+    """
+    if not isinstance(error, APIStatusError) or error.status_code is None:
+        return False
+    return error.status_code in FATAL_STATUS or 300 <= error.status_code < 400
+
+
+def wait_for(
+    retry_number: int,
+    retry_after: float | None,
+    policy: RetryPolicy,
+    rand: Callable[[], float] = random.random,
+) -> float:
+    """Seconds to sleep before retry ``retry_number`` (1 for the first retry).
+
+    Exponential backoff with full jitter, capped at ``policy.backoff_max``; at
+    least the server's ``Retry-After`` when it sent one (callers never retry
+    past ``policy.max_retry_after``, see :func:`should_retry`).
+    """
+    exponent = min(retry_number - 1, 62)  # keeps 2**exponent a finite float
+    ceiling = min(policy.backoff_max, policy.backoff_base * 2.0**exponent)
+    backoff = rand() * ceiling
+    if retry_after is None:
+        return backoff
+    return max(min(retry_after, policy.max_retry_after), backoff)
+
+
+def _retry_after_of(error: BaseException | None) -> float | None:
+    return error.retry_after if isinstance(error, APIStatusError) else None
+
+
+async def call_with_retry(
+    send: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    describe: str,
+    on_retry: Callable[[BaseException, float], None] | None = None,
+) -> T:
+    """Await ``send()`` until it succeeds, retrying what :func:`should_retry` allows.
+
+    After ``policy.max_retries`` retries the last error is raised as it is.
+    ``describe`` names the work in log lines (never a token);
+    ``on_retry(error, wait)`` is told of every retry.
+    """
+
+    def wait(state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        return wait_for(state.attempt_number, _retry_after_of(error), policy)
+
+    def before_sleep(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        assert error is not None
+        delay = state.upcoming_sleep
+        logger.info(
+            "retrying %s in %.2fs (retry %d of %d) after: %s",
+            describe,
+            delay,
+            state.attempt_number,
+            policy.max_retries,
+            error,
+        )
+        if on_retry is not None:
+            on_retry(error, delay)
+
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(policy.max_retries + 1),
+        wait=wait,
+        retry=retry_if_exception(lambda error: should_retry(error, policy)),
+        before_sleep=before_sleep,
+        sleep=lambda seconds: sleep(seconds),
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            return await send()
+    raise AssertionError("unreachable: tenacity either returns or re-raises")  # pragma: no cover

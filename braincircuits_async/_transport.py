@@ -1,0 +1,196 @@
+"""The HTTP side: building the httpx client, auth headers, token safety, status errors.
+
+Tokens leave this process only as request headers to the configured host:
+redirects are never followed (httpx keeps ``Authorization-Cave`` on a
+cross-origin redirect), plain ``http://`` is refused except on loopback, and
+any echo of a token in an error body is blanked before it reaches a message.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Mapping
+
+import httpx
+
+from ._config import CAVE_PROJECTS, ClientConfig, Secret
+from ._exceptions import APIStatusError, AuthenticationError, RateLimitError, excerpt
+from ._retry import parse_retry_after
+from ._version import __version__
+
+__all__ = [
+    "ENDPOINT",
+    "auth_headers",
+    "build_http_client",
+    "check_base_url",
+    "error_for_status",
+    "is_loopback",
+]
+
+ENDPOINT = "/circuit/segment/property/{property}"
+TOKEN_HELP = "get one from the Profile widget at https://braincircuits.io/app"
+CAVE_TOKEN_HELP = (
+    "set it in the Profile widget at https://braincircuits.io/app "
+    "(CAVEclient users: client.auth.token)"
+)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine (``localhost``, 127.0.0.0/8, ``::1``)."""
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url(base_url: str, *, custom_transport: bool) -> httpx.URL:
+    """Parse ``base_url`` and refuse addresses that would expose the tokens.
+
+    Plain ``http://`` is allowed only to loopback hosts, or with a caller's own
+    ``transport`` (tests and in-process servers), since every request carries tokens.
+    """
+    try:
+        url = httpx.URL(base_url)
+    except (httpx.InvalidURL, TypeError) as error:
+        raise ValueError(f"base_url {base_url!r} is not a valid URL: {error}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(
+            f"base_url must be an http(s) address such as 'https://api.braincircuits.io'; "
+            f"got {base_url!r}"
+        )
+    if url.query or url.fragment:
+        raise ValueError(f"base_url must not contain a query or fragment; got {base_url!r}")
+    if url.userinfo:
+        raise ValueError("base_url must not contain a user name or password")
+    if url.scheme == "http" and not custom_transport and not is_loopback(url.host):
+        raise ValueError(
+            f"refusing to send tokens over plain http:// to {url.host!r}: "
+            "use an https:// base_url (plain http is only allowed to loopback addresses)"
+        )
+    return url
+
+
+def build_http_client(
+    config: ClientConfig, transport: httpx.AsyncBaseTransport | None
+) -> httpx.AsyncClient:
+    """One long-lived httpx client whose pool matches the client's concurrency bound."""
+    limits = httpx.Limits(
+        max_connections=config.max_concurrency,
+        max_keepalive_connections=config.max_concurrency,
+    )
+    return httpx.AsyncClient(
+        base_url=config.base_url,
+        transport=transport,
+        limits=limits,
+        timeout=httpx.Timeout(config.timeout),
+        follow_redirects=False,
+        headers={
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+            "User-Agent": f"braincircuits-async/{__version__}",
+        },
+    )
+
+
+def auth_headers(token: Secret | None, cave_token: Secret | None, project: str) -> dict[str, str]:
+    """The auth headers for ``project``, or an error naming the token to set.
+
+    The CAVE token is sent for CAVE-managed projects (where it is required) and
+    for any project when the user supplied one.
+    """
+    if token is None:
+        raise AuthenticationError(
+            "no BrainCircuits token: pass token= to AsyncClient or set BRAINCIRCUITS_TOKEN "
+            f"({TOKEN_HELP})"
+        )
+    headers = {"Authorization": f"Bearer {token.reveal()}"}
+    if cave_token is not None:
+        headers["Authorization-Cave"] = f"Bearer {cave_token.reveal()}"
+    elif project in CAVE_PROJECTS:
+        raise AuthenticationError(
+            f"project {project!r} is managed by CAVE and needs a CAVE token: pass cave_token= "
+            f"to AsyncClient or set BRAINCIRCUITS_CAVE_TOKEN (or CAVE_TOKEN); {CAVE_TOKEN_HELP}"
+        )
+    return headers
+
+
+def _scrub(text: str, secrets: tuple[Secret | None, ...]) -> str:
+    for secret in secrets:
+        if secret is not None:
+            text = text.replace(secret.reveal(), "<hidden>")
+    return text
+
+
+def _detail(body: str) -> str:
+    """The server's own explanation: JSON ``detail`` when there is one, else the text."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return excerpt(body)
+    if isinstance(data, Mapping) and "detail" in data:
+        detail = data["detail"]
+        return excerpt(detail if isinstance(detail, str) else json.dumps(detail))
+    return excerpt(body)
+
+
+def error_for_status(
+    response: httpx.Response,
+    *,
+    describe: str,
+    token: Secret | None,
+    cave_token: Secret | None,
+) -> APIStatusError:
+    """Translate a non-200 answer into the matching exception (returned, not raised)."""
+    status = response.status_code
+    body = _scrub(excerpt(response.text), (token, cave_token))
+    detail = _scrub(_detail(response.text), (token, cave_token))
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    if 300 <= status < 400:
+        location = response.headers.get("Location", "<no Location header>")
+        return APIStatusError(
+            f"{describe}: the server answered {status} redirecting to {location!r}. Redirects "
+            "are not followed, so tokens never travel to another host; if that address is "
+            "right and trusted, pass it as base_url=",
+            status_code=status,
+            body=body,
+        )
+    if status in (401, 403):
+        refused = "refused" if status == 403 else "not accepted (401)"
+        if "cave" in detail.lower():
+            which = (
+                f"the CAVE token ({cave_token.source if cave_token else 'none sent'}) was "
+                f"{refused}; check cave_token= / BRAINCIRCUITS_CAVE_TOKEN and {CAVE_TOKEN_HELP}"
+            )
+        else:
+            which = (
+                f"the BrainCircuits token ({token.source if token else 'none sent'}) was "
+                f"{refused}; check token= / BRAINCIRCUITS_TOKEN and {TOKEN_HELP}"
+            )
+            if cave_token is not None:
+                which += " (a CAVE token was sent too and may be the one at fault)"
+        return AuthenticationError(
+            f"{describe}: {which}. Server said: {detail}", status_code=status, body=body
+        )
+    wait = "" if retry_after is None else f" (Retry-After: {retry_after:g} s)"
+    if status == 429:
+        return RateLimitError(
+            f"{describe}: rate limited by the server (429){wait}: {detail}",
+            status_code=status,
+            body=body,
+            retry_after=retry_after,
+        )
+    hint = {
+        404: " (check the property and project names, and base_url)",
+        413: " (too many segments in one request; lower chunk_size)",
+        422: " (the server could not use the request; check the project name)",
+    }.get(status, "")
+    return APIStatusError(
+        f"{describe}: the server answered {status}{hint}{wait}: {detail}",
+        status_code=status,
+        body=body,
+        retry_after=retry_after,
+    )

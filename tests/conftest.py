@@ -1,0 +1,142 @@
+"""Shared fixtures: the async backend, fake tokens, and a scripted in-memory server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+import braincircuits_async as bca
+from braincircuits_async import _retry
+
+TOKEN = "bc-SECRET-token-7f3a9e"
+CAVE_TOKEN = "cave-SECRET-token-41d2c8"
+PROJECT = "fruitfly_fafb_flywire"
+BASE_URL = "https://api.test"
+TIMESTAMP = 1677042002
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """One async test mode for the suite: anyio's plugin, on asyncio."""
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never see the developer's own tokens or endpoint."""
+    for name in (
+        "BRAINCIRCUITS_TOKEN",
+        "BRAINCIRCUITS_CAVE_TOKEN",
+        "CAVE_TOKEN",
+        "BRAINCIRCUITS_URL",
+        "BRAINCIRCUITS_ENDPOINT",
+    ):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """A fake clock for retry waits: records each wait instead of sleeping."""
+    recorded: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        recorded.append(seconds)
+        await anyio.lowlevel.checkpoint()
+
+    monkeypatch.setattr(_retry, "sleep", fake_sleep)
+    return recorded
+
+
+def value_for(segment: int, timestamp: int = TIMESTAMP) -> dict[str, int]:
+    """The value the scripted server gives ``segment`` at ``timestamp``."""
+    return {"nr_pre": (segment * 7 + timestamp) % 5000, "nr_downstream_partner": segment % 997}
+
+
+def answer(
+    segments: list[int], timestamp: int = TIMESTAMP, unknown: frozenset[int] = frozenset()
+) -> dict[str, Any]:
+    """A documented-shape answer for ``segments``, leaving out ``unknown`` ids."""
+    return {
+        "materialized_timestamp": timestamp,
+        "results": {str(s): value_for(s, timestamp) for s in segments if s not in unknown},
+    }
+
+
+def requested(request: httpx.Request) -> list[int]:
+    segments: list[int] = json.loads(request.content)["segments"]
+    return segments
+
+
+Handler = Callable[[httpx.Request, int], Awaitable[httpx.Response | None]]
+
+
+class ScriptedServer(httpx.AsyncBaseTransport):
+    """An in-memory server that answers from the request body.
+
+    It counts requests and the most requests in flight at once; ``handler``
+    (given the request and its 1-based number) may return a response to
+    override the normal answer, e.g. an error for some requests.
+    """
+
+    def __init__(
+        self,
+        *,
+        latency: float = 0.0,
+        timestamp: int = TIMESTAMP,
+        unknown: frozenset[int] = frozenset(),
+        handler: Handler | None = None,
+    ) -> None:
+        self.latency = latency
+        self.timestamp = timestamp
+        self.unknown = unknown
+        self.handler = handler
+        self.requests: list[httpx.Request] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.completed = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        number = len(self.requests)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.latency:
+                await anyio.sleep(self.latency)
+            if self.handler is not None:
+                override = await self.handler(request, number)
+                if override is not None:
+                    return override
+            return httpx.Response(
+                200, json=answer(requested(request), self.timestamp, self.unknown)
+            )
+        finally:
+            self.in_flight -= 1
+            self.completed += 1
+
+    @property
+    def segments_requested(self) -> list[list[int]]:
+        return [requested(r) for r in self.requests]
+
+
+@pytest.fixture
+def make_client() -> Callable[..., bca.AsyncClient]:
+    """Build clients with test tokens; tests close them with ``async with``."""
+
+    def build(**kwargs: Any) -> bca.AsyncClient:
+        settings: dict[str, Any] = {
+            "token": TOKEN,
+            "cave_token": CAVE_TOKEN,
+            "project": PROJECT,
+            "base_url": BASE_URL,
+            "backoff_base": 0.0,
+        }
+        settings.update(kwargs)
+        return bca.AsyncClient(**settings)
+
+    return build

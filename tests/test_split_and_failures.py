@@ -1,0 +1,118 @@
+"""413 splits a chunk; a chunk that fails for good never throws away the others."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+import braincircuits_async as bca
+
+from .conftest import ScriptedServer, requested, value_for
+
+pytestmark = pytest.mark.anyio
+
+
+def too_large_above(limit: int) -> Any:
+    async def handler(request: httpx.Request, number: int) -> httpx.Response | None:
+        if len(requested(request)) > limit:
+            return httpx.Response(413, json={"detail": f"at most {limit} segments"})
+        return None
+
+    return handler
+
+
+async def test_413_halves_the_chunk_and_fetches_both_halves(make_client: Any) -> None:
+    server = ScriptedServer(handler=too_large_above(3))
+    ids = list(range(100, 110))
+    async with make_client(transport=server, chunk_size=10) as client:
+        result = await client.fetch_property("link_pre", ids)
+    assert list(result) == ids  # still in request order after splitting
+    refused = sorted(len(c) for c in server.segments_requested if len(c) > 3)
+    assert refused == [5, 5, 10]  # 10 -> 5 + 5 -> each 2 + 3
+    served = sorted(s for c in server.segments_requested if len(c) <= 3 for s in c)
+    assert served == ids  # every id fetched exactly once after the splits
+    assert client.stats.splits == 3
+
+
+async def test_413_splits_down_to_single_segments(make_client: Any) -> None:
+    server = ScriptedServer(handler=too_large_above(1))
+    async with make_client(transport=server, chunk_size=8) as client:
+        result = await client.fetch_property("link_pre", range(8))
+    assert list(result) == list(range(8))
+    assert sum(1 for c in server.segments_requested if len(c) == 1) == 8
+
+
+async def test_413_on_a_single_segment_fails_only_that_segment(make_client: Any) -> None:
+    async def handler(request: httpx.Request, number: int) -> httpx.Response | None:
+        segments = requested(request)
+        if 5 in segments:
+            return httpx.Response(413, json={"detail": "too large"})
+        return None
+
+    server = ScriptedServer(handler=handler)
+    async with make_client(transport=server, chunk_size=4) as client:
+        with pytest.raises(bca.IncompleteResultError) as caught:
+            await client.fetch_property("link_pre", range(8))
+    error = caught.value
+    assert list(error.failures) == [5]
+    assert "413" in error.failures[5]
+    assert list(error.result) == [0, 1, 2, 3, 4, 6, 7]
+
+
+async def test_a_chunk_that_never_succeeds_leaves_the_others_in_the_result(
+    make_client: Any,
+) -> None:
+    async def handler(request: httpx.Request, number: int) -> httpx.Response | None:
+        if 42 in requested(request):
+            return httpx.Response(503, json={"detail": "shard down"})
+        return None
+
+    server = ScriptedServer(handler=handler, unknown=frozenset({7}))
+    async with make_client(transport=server, chunk_size=10, max_retries=2) as client:
+        with pytest.raises(bca.IncompleteResultError) as caught:
+            await client.fetch_property("link_pre", range(100))
+    error = caught.value
+    assert sorted(error.failures) == list(range(40, 50))
+    assert all("shard down" in reason for reason in error.failures.values())
+    assert list(error.result) == [i for i in range(100) if not 40 <= i < 50 and i != 7]
+    assert error.result.missing == (7,)
+    assert error.result[99] == value_for(99)
+    assert isinstance(error.__cause__, bca.APIStatusError)
+    assert error.errors[0].status_code == 503  # type: ignore[attr-defined]
+    # The failing chunk was tried 1 + max_retries times; the others once each.
+    assert len(server.requests) == 9 + 3
+
+
+async def test_when_every_chunk_fails_the_error_itself_is_raised(make_client: Any) -> None:
+    async def handler(request: httpx.Request, number: int) -> httpx.Response | None:
+        return httpx.Response(429, json={"detail": "quota exceeded"})
+
+    server = ScriptedServer(handler=handler)
+    async with make_client(transport=server, chunk_size=5, max_retries=1) as client:
+        with pytest.raises(bca.RateLimitError, match="quota exceeded"):
+            await client.fetch_property("link_pre", range(10))
+
+
+async def test_unreachable_server_is_a_connection_error(make_client: Any) -> None:
+    async def handler(request: httpx.Request, number: int) -> httpx.Response | None:
+        raise httpx.ConnectError("connection refused")
+
+    server = ScriptedServer(handler=handler)
+    async with make_client(transport=server, max_retries=2) as client:
+        with pytest.raises(bca.APIConnectionError, match="ConnectError") as caught:
+            await client.fetch_property("link_pre", [1])
+    assert isinstance(caught.value.__cause__, httpx.ConnectError)
+    assert len(server.requests) == 3
+
+
+async def test_timeouts_are_api_timeout_errors(make_client: Any) -> None:
+    async def handler(request: httpx.Request, number: int) -> httpx.Response | None:
+        raise httpx.ReadTimeout("timed out")
+
+    server = ScriptedServer(handler=handler)
+    async with make_client(transport=server, max_retries=1) as client:
+        with pytest.raises(bca.APITimeoutError, match="timeout="):
+            await client.fetch_property("link_pre", [1])
+    assert len(server.requests) == 2

@@ -1,0 +1,137 @@
+"""Tokens never show up in reprs, errors or logs, and never travel to another host."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import traceback
+from typing import Any
+
+import httpx
+import pytest
+
+import braincircuits_async as bca
+
+from .conftest import CAVE_TOKEN, TOKEN, ScriptedServer
+
+pytestmark = pytest.mark.anyio
+
+SECRETS = (TOKEN, CAVE_TOKEN)
+
+
+def assert_no_secret(text: str) -> None:
+    for secret in SECRETS:
+        assert secret not in text
+        assert secret[-8:] not in text  # not even a tail of it
+
+
+def full_text(error: BaseException) -> str:
+    """Everything a traceback would print, chained causes and contexts included."""
+    return "".join(traceback.format_exception(error)) + repr(error) + repr(vars(error))
+
+
+async def test_tokens_are_absent_from_the_clients_repr_and_str(make_client: Any) -> None:
+    async with make_client(transport=ScriptedServer()) as client:
+        assert_no_secret(repr(client))
+        assert_no_secret(str(client))
+        assert_no_secret(repr(vars(client)))
+        assert "token=<set from token=>" in repr(client)
+        assert_no_secret(repr(client._http.headers))
+
+
+def test_tokens_from_the_environment_are_hidden_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRAINCIRCUITS_TOKEN", TOKEN)
+    client = bca.AsyncClient(base_url="https://api.test")
+    assert_no_secret(repr(client))
+    assert "set from BRAINCIRCUITS_TOKEN" in repr(client)
+    with pytest.raises(TypeError):
+        pickle.dumps(client._token)
+
+
+async def test_a_server_that_echoes_the_token_in_an_error_does_not_leak_it(
+    make_client: Any,
+) -> None:
+    async def handler(request: httpx.Request, number: int) -> httpx.Response:
+        return httpx.Response(403, json={"detail": f"token {request.headers['authorization']}"})
+
+    async with make_client(transport=ScriptedServer(handler=handler)) as client:
+        with pytest.raises(bca.AuthenticationError) as caught:
+            await client.fetch_property("link_pre", [1])
+    assert_no_secret(full_text(caught.value))
+    assert "<hidden>" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        httpx.Response(500, text="boom"),
+        httpx.Response(429, headers={"Retry-After": "0"}),
+        httpx.Response(200, content=b"not json"),
+        httpx.ConnectError("refused"),
+    ],
+)
+async def test_errors_and_their_causes_never_contain_a_token(
+    make_client: Any, failure: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def handler(request: httpx.Request, number: int) -> httpx.Response:
+        if isinstance(failure, Exception):
+            raise failure
+        return failure
+
+    with caplog.at_level(logging.DEBUG):
+        async with make_client(
+            transport=ScriptedServer(handler=handler), max_retries=1, chunk_size=1
+        ) as client:
+            with pytest.raises(bca.BrainCircuitsError) as caught:
+                await client.fetch_property("link_pre", [1, 2])
+    assert_no_secret(full_text(caught.value))
+    assert caplog.records  # the retries and requests were logged...
+    for record in caplog.records:  # ...without a token at any level
+        assert_no_secret(record.getMessage())
+        assert_no_secret(repr(record.args))
+
+
+async def test_missing_token_errors_name_the_variable_not_a_value(make_client: Any) -> None:
+    async with make_client(transport=ScriptedServer(), cave_token=None) as client:
+        with pytest.raises(bca.AuthenticationError) as caught:
+            await client.fetch_property("link_pre", [1])
+    assert "BRAINCIRCUITS_CAVE_TOKEN" in str(caught.value)
+    assert_no_secret(full_text(caught.value))
+
+
+async def test_redirects_are_not_followed_and_name_the_location(make_client: Any) -> None:
+    other_host: list[httpx.Request] = []
+
+    async def handler(request: httpx.Request, number: int) -> httpx.Response:
+        if request.url.host != "api.test":
+            other_host.append(request)
+            return httpx.Response(200, json={"materialized_timestamp": 1, "results": {}})
+        return httpx.Response(302, headers={"Location": "https://evil.example/steal"})
+
+    server = ScriptedServer(handler=handler)
+    async with make_client(transport=server) as client:
+        with pytest.raises(bca.APIStatusError, match=r"evil\.example/steal") as caught:
+            await client.fetch_property("link_pre", range(100))
+    assert caught.value.status_code == 302
+    assert other_host == []
+    assert len(server.requests) == 1  # a redirect ends the call like any fatal answer
+
+
+@pytest.mark.parametrize(
+    "base_url", ["http://api.braincircuits.io", "http://10.0.0.5:8000", "http://example.org"]
+)
+def test_plain_http_to_a_remote_host_is_refused(base_url: str) -> None:
+    with pytest.raises(ValueError, match="refusing to send tokens over plain http"):
+        bca.AsyncClient(token="t", base_url=base_url)
+
+
+@pytest.mark.parametrize(
+    "base_url", ["http://127.0.0.1:8000", "http://localhost:9000", "http://[::1]:8000"]
+)
+def test_plain_http_to_loopback_is_allowed(base_url: str) -> None:
+    assert bca.AsyncClient(token="t", base_url=base_url).config.base_url == base_url
+
+
+def test_plain_http_is_allowed_with_an_own_transport() -> None:
+    client = bca.AsyncClient(token="t", base_url="http://fake.test", transport=ScriptedServer())
+    assert client.config.base_url == "http://fake.test"
