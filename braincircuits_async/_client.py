@@ -398,12 +398,12 @@ class _Call:
                     time.perf_counter() - began,
                 )
             if response.status_code != 200:
-                error = error_for_status(
+                failure = error_for_status(
                     response, describe=describe, token=client._token, cave_token=client._cave_token
                 )
-                if is_fatal(error):
-                    self._abort(error)
-                raise error
+                if is_fatal(failure):
+                    self._abort(failure)
+                raise failure
             answer = parse_answer(response.content, ids, keys, start=start, describe=describe)
             self._observe(answer)
             return answer
