@@ -24,6 +24,7 @@ from ._exceptions import (
     RateLimitError,
 )
 from ._models import SegmentPropertyResult
+from ._progress import Progress
 from ._version import __version__
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "InconsistentMaterializationError",
     "InvalidSegmentError",
     "MalformedResponseError",
+    "Progress",
     "RateLimitError",
     "RetryPolicy",
     "SegmentPropertyResult",

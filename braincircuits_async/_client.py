@@ -39,6 +39,7 @@ from ._exceptions import (
 )
 from ._merge import ChunkAnswer, newest_timestamp, parse_answer, stale_chunks
 from ._models import SegmentPropertyResult
+from ._progress import Progress, ProgressArg, Reporter, make_reporter
 from ._retry import RETRYABLE_STATUS, call_with_retry, is_fatal
 from ._transport import (
     ENDPOINT,
@@ -185,6 +186,7 @@ class AsyncClient:
         segments: Iterable[Any],
         *,
         project: str | None = None,
+        progress: ProgressArg = None,
     ) -> SegmentPropertyResult:
         """Fetch one property of many segments, all from one materialization.
 
@@ -193,6 +195,8 @@ class AsyncClient:
             segments: segment ids: ints, numpy integers (or a 1-d integer array), or
                 decimal strings. Duplicates are dropped, first-seen order kept.
             project: e.g. ``"fruitfly_fafb_flywire"``; default: the client's ``project``.
+            progress: ``True`` for a tqdm bar counting segments (needs the ``progress``
+                extra), or a callable that receives a :class:`Progress` after each chunk.
 
         Returns:
             A read-only mapping ``{segment_id: {field: value}}`` in request order, with
@@ -216,8 +220,14 @@ class AsyncClient:
                 {}, property=prop, project=proj, materialized_timestamp=None
             )
         headers = auth_headers(self._token, self._cave_token, proj)
-        call = _Call(self, prop, proj, ids, headers)
-        return await call.run()
+        reporter = make_reporter(progress, len(ids), prop)
+        call = _Call(self, prop, proj, ids, headers, reporter)
+        try:
+            return await call.run()
+        finally:
+            close = getattr(reporter, "close", None)
+            if close is not None:
+                close()
 
 
 class _Call:
@@ -235,8 +245,14 @@ class _Call:
         project: str,
         ids: list[int],
         headers: dict[str, str],
+        reporter: Reporter | None = None,
     ) -> None:
         self.client = client
+        self.reporter = reporter
+        self.done = 0
+        self.retries = 0
+        self.failed = 0
+        self.refetching = False
         self.prop = prop
         self.project = project
         self.ids = ids
@@ -269,6 +285,7 @@ class _Call:
                     round_number,
                 )
                 self.client.stats.refetches += len(stale)
+                self.refetching = True
                 await self._fetch([(a.start, a.end) for a in stale])
         return self._finish()
 
@@ -306,13 +323,20 @@ class _Call:
         except APIStatusError as error:
             if error.status_code == 413 and end - start > 1:
                 self._split(start, end)
-            else:
-                self._fail(start, end, error)
-            return
+                return
+            self._fail(start, end, error)
         except BrainCircuitsError as error:
             self._fail(start, end, error)
-            return
-        self.answers[start] = answer
+        else:
+            self.answers[start] = answer
+        self._report(end - start)
+
+    def _report(self, segments: int) -> None:
+        if self.refetching:
+            return  # re-fetched segments were already counted once
+        self.done += segments
+        if self.reporter is not None:
+            self.reporter(Progress(self.prop, self.done, len(self.ids), self.retries, self.failed))
 
     def _observe(self, answer: ChunkAnswer) -> None:
         """In strict mode, stop everything at the first answer from another materialization."""
@@ -327,6 +351,7 @@ class _Call:
 
     def _count_retry(self, error: BaseException, wait: float) -> None:
         self.client.stats.retries += 1
+        self.retries += 1
 
     def _split(self, start: int, end: int) -> None:
         """Answer a 413 by fetching both halves of the chunk separately."""
@@ -356,6 +381,7 @@ class _Call:
                     f"than max_retry_after={limit:g} s, so the chunk was not retried",
                 )
         logger.warning("%s failed for good: %s", self._describe(start, end), error)
+        self.failed += end - start
         self.answers.pop(start, None)
         self.failures[start] = (end, error)
 

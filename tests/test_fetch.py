@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import pytest
 
 import braincircuits_async as bca
@@ -135,3 +136,31 @@ async def test_explicit_arguments_win_over_the_environment(monkeypatch: pytest.M
     (request,) = server.requests
     assert request.headers["authorization"] == "Bearer arg"
     assert request.headers["authorization-cave"] == "Bearer env-cave-1"
+
+
+async def test_progress_callback_counts_every_segment_and_the_retries(make_client: Any) -> None:
+    async def handler(request: httpx.Request, number: int) -> httpx.Response | None:
+        return httpx.Response(503) if number == 2 else None
+
+    seen: list[bca.Progress] = []
+    server = ScriptedServer(handler=handler, unknown=frozenset({5}))
+    async with make_client(transport=server, chunk_size=10, max_concurrency=1) as client:
+        await client.fetch_property("link_pre", range(35), progress=seen.append)
+    done = [p.done for p in seen]
+    assert len(done) == 4  # once per chunk
+    assert done == sorted(done)
+    assert done[-1] == 35
+    assert all(p.total == 35 and p.property == "link_pre" for p in seen)
+    assert seen[-1].retries == 1
+    assert seen[-1].failed == 0
+
+
+async def test_progress_true_draws_a_bar_on_stderr(
+    make_client: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with make_client(transport=ScriptedServer(), chunk_size=10) as client:
+        await client.fetch_property("link_pre", range(30), progress=True)
+    err = capsys.readouterr().err
+    assert "link_pre" in err
+    assert "100%" in err
+    assert "30.0/30.0" in err

@@ -1,0 +1,247 @@
+"""The ``braincircuits-async`` command: ``demo`` and ``fake-server``.
+
+The CLI never prints a token: it names the environment variables instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+import anyio
+
+from ._client import AsyncClient
+from ._exceptions import BrainCircuitsError
+from ._version import __version__
+
+__all__ = ["main"]
+
+#: The faults the demo and fake-server spread ``--fault-rate`` over, in equal shares.
+FAULT_MIX = ("429", "500", "502", "503", "504", "drop", "truncate")
+
+#: FlyWire-like ids: 18 digits starting 7205759406...
+ID_BASE = 720575940600000000
+
+
+def _fault_table(rate: float) -> dict[str, float]:
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"--fault-rate must be between 0 and 1; got {rate}")
+    return {kind: rate / len(FAULT_MIX) for kind in FAULT_MIX} if rate else {}
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return value
+
+
+def _add_fake_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--latency-ms",
+        type=_non_negative_float,
+        default=50.0,
+        help="server latency per request, in milliseconds (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--fault-rate",
+        type=_non_negative_float,
+        default=0.1,
+        help="share of requests that fail on purpose, spread evenly over 429 (with "
+        "Retry-After), 500, 502, 503, 504, dropped connections and truncated bodies "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed for the ids and the faults (default: 0)"
+    )
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="braincircuits-async",
+        description="Bulk-fetch segment properties from BrainCircuits.io, and a fake "
+        "server to try it offline.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo",
+        help="bulk-fetch from the bundled fake server over loopback and check every value",
+        description="Start the fake server on a free loopback port, bulk-fetch through "
+        "the real client over real sockets, print a summary, and check every value "
+        "against the fake's truth. Exits 1 if any value is wrong or missing.",
+    )
+    demo.add_argument(
+        "--segments",
+        type=_positive_int,
+        default=20_000,
+        help="how many segment ids to fetch (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--property", default="link_pre", help="property to fetch (default: %(default)s)"
+    )
+    demo.add_argument(
+        "--chunk-size", type=_positive_int, default=500, help="ids per request (default: 500)"
+    )
+    demo.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=8,
+        help="requests in flight at once (default: 8)",
+    )
+    demo.add_argument(
+        "--no-progress", action="store_true", help="do not draw a progress bar on stderr"
+    )
+    _add_fake_options(demo)
+
+    fake = commands.add_parser(
+        "fake-server",
+        help="run the fake BrainCircuits server on a loopback port until Ctrl+C",
+        description="Serve the fake segment-property endpoint over HTTP. It accepts the "
+        "tokens braincircuits_async.testing.DEFAULT_TOKEN and DEFAULT_CAVE_TOKEN. "
+        "Needs the 'fake' extra: pip install \"braincircuits-async[fake]\".",
+    )
+    fake.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    fake.add_argument(
+        "--port", type=int, default=8000, help="port to listen on (default: %(default)s)"
+    )
+    fake.add_argument(
+        "--max-segments",
+        type=_positive_int,
+        default=10_000,
+        help="most ids per request; more get 413 (default: %(default)s)",
+    )
+    fake.add_argument(
+        "--rollover-after",
+        type=_positive_int,
+        default=None,
+        help="move to a new materialization after this many answers (default: never)",
+    )
+    _add_fake_options(fake)
+    fake.set_defaults(latency_ms=0.0, fault_rate=0.0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = _build_parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            return _demo(args, sys.stdout, sys.stderr)
+        return _fake_server(args, sys.stderr)
+    except (ImportError, ValueError) as error:
+        print(f"braincircuits-async: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fake_server(args: argparse.Namespace, err: TextIO) -> int:
+    from .testing import FakeBrainCircuits, serve
+
+    fake = FakeBrainCircuits(
+        latency=args.latency_ms / 1000,
+        faults=_fault_table(args.fault_rate),
+        retry_after=0.1,
+        max_segments=args.max_segments,
+        rollover_after=args.rollover_after,
+        seed=args.seed,
+    )
+    print(
+        f"fake BrainCircuits server on http://{args.host}:{args.port}\n"
+        f"  export BRAINCIRCUITS_URL=http://{args.host}:{args.port}\n"
+        "  tokens: braincircuits_async.testing.DEFAULT_TOKEN and DEFAULT_CAVE_TOKEN\n"
+        "  Ctrl+C to stop",
+        file=err,
+    )
+    serve(fake, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from .testing import DEFAULT_CAVE_TOKEN, DEFAULT_TOKEN, FakeBrainCircuits, serve_in_thread
+
+    fake = FakeBrainCircuits(
+        latency=args.latency_ms / 1000,
+        faults=_fault_table(args.fault_rate),
+        retry_after=0.1,
+        seed=args.seed,
+    )
+    ids = [ID_BASE + i for i in random.Random(args.seed).sample(range(10**8), args.segments)]
+    progress = not args.no_progress and _have_tqdm()
+
+    async def fetch(base_url: str) -> tuple[object, AsyncClient, float]:
+        async with AsyncClient(
+            token=DEFAULT_TOKEN,
+            cave_token=DEFAULT_CAVE_TOKEN,
+            base_url=base_url,
+            project=fake.default_project,
+            chunk_size=args.chunk_size,
+            max_concurrency=args.concurrency,
+        ) as client:
+            began = time.perf_counter()
+            try:
+                result: object = await client.fetch_property(args.property, ids, progress=progress)
+            except BrainCircuitsError as error:
+                result = error
+            return result, client, time.perf_counter() - began
+
+    with serve_in_thread(fake) as base_url:
+        print(f"fake server on {base_url}; fetching {len(ids):,} x {args.property}", file=err)
+        result, client, elapsed = anyio.run(fetch, base_url)
+    if isinstance(result, BrainCircuitsError):
+        print(f"FAILED: {type(result).__name__}: {result}", file=out)
+        return 1
+
+    from ._models import SegmentPropertyResult
+
+    assert isinstance(result, SegmentPropertyResult)
+    truth = fake.expected_results(args.property, ids)
+    wrong = [s for s in result if truth.get(str(s)) != result[s]]
+    lost = [s for s in ids if s not in result and str(s) in truth]
+    false_missing = [s for s in result.missing if str(s) in truth]
+    chunks = -(-len(ids) // args.chunk_size)
+    stats = client.stats
+    faults = ", ".join(f"{k} x{v}" for k, v in sorted(fake.log.faults.items())) or "none"
+    lines = [
+        f"segments      {len(ids):,} requested, {len(result):,} returned, "
+        f"{len(result.missing):,} missing (unknown to the server)",
+        f"chunks        {chunks:,} of up to {args.chunk_size}, max_concurrency {args.concurrency}",
+        f"requests      {stats.requests:,} sent, {stats.retries:,} retries, "
+        f"{stats.splits} splits, {stats.refetches} re-fetched",
+        f"faults        {faults}",
+        f"elapsed       {elapsed:.2f} s ({len(ids) / elapsed:,.0f} segments/s)",
+        f"materialized  {result.materialized_timestamp}",
+    ]
+    ok = not (wrong or lost or false_missing)
+    if ok:
+        lines.append("check         OK: every value matches the fake's truth")
+    else:
+        lines.append(
+            f"check         FAILED: {len(wrong)} wrong, {len(lost)} lost, "
+            f"{len(false_missing)} wrongly reported missing (e.g. {(wrong + lost)[:3]})"
+        )
+    print("\n".join(lines), file=out)
+    return 0 if ok else 1
+
+
+def _have_tqdm() -> bool:
+    try:
+        import tqdm  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -1,0 +1,69 @@
+"""Progress reporting for long fetches: a tqdm bar, or the user's own callback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Progress", "ProgressArg", "Reporter", "make_reporter"]
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Where a fetch stands, as handed to a ``progress=`` callback.
+
+    ``done`` counts segments whose chunk has finished (fetched, unknown to the
+    server, or failed for good) out of ``total``; ``retries`` and ``failed`` are
+    running totals for the call.
+    """
+
+    property: str
+    done: int
+    total: int
+    retries: int
+    failed: int
+
+
+ProgressArg = bool | Callable[[Progress], object] | None
+
+
+Reporter = Callable[[Progress], object]
+
+
+class _TqdmReporter:
+    """A tqdm bar counting segments, with the retries in its postfix."""
+
+    def __init__(self, total: int, description: str) -> None:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            raise ImportError(
+                'progress=True needs tqdm: pip install "braincircuits-async[progress]"'
+            ) from None
+        self._bar: Any = tqdm(total=total, desc=description, unit="seg", unit_scale=True)
+        self._shown = 0
+        self._retries = 0
+
+    def __call__(self, progress: Progress) -> None:
+        if progress.retries != self._retries:
+            self._retries = progress.retries
+            self._bar.set_postfix(retries=progress.retries, refresh=False)
+        self._bar.update(progress.done - self._shown)
+        self._shown = progress.done
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def make_reporter(progress: ProgressArg, total: int, description: str) -> Reporter | None:
+    """Turn the ``progress=`` argument into a callable, or ``None`` for no reporting."""
+    if progress is None or progress is False:
+        return None
+    if progress is True:
+        return _TqdmReporter(total, description)
+    if callable(progress):
+        return progress
+    raise TypeError(
+        f"progress must be True, False, None or a callable, not {type(progress).__name__}"
+    )
