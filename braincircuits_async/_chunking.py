@@ -73,7 +73,7 @@ def _one_id(value: Any, position: int) -> int:
         )
     if isinstance(value, str):
         text = value.strip()
-        if not (text.isascii() and text.isdigit()):
+        if not (text.isascii() and text.isdigit()) or len(text) > 40:
             raise InvalidSegmentError(
                 f"{where} is the string {value!r}, which is not a decimal segment id",
                 position=position,
@@ -120,14 +120,15 @@ def normalize_segments(segments: Iterable[Any]) -> list[int]:
     array) and decimal strings. Raises :class:`InvalidSegmentError` (a
     ``ValueError`` and ``TypeError``) naming the first bad value and its position.
     """
-    if isinstance(segments, (str, bytes, bytearray)) or not hasattr(segments, "__iter__"):
-        if _is_ndarray(segments) and getattr(segments, "ndim", 1) == 0:
-            segments = [segments]
-        else:
-            raise TypeError(
-                "segments must be an iterable of segment ids (a list, tuple, numpy array, ...), "
-                f"not {type(segments).__name__}; wrap a single id in a list: [720575940634474894]"
-            )
+    if (
+        isinstance(segments, (str, bytes, bytearray))
+        or not hasattr(segments, "__iter__")
+        or (_is_ndarray(segments) and getattr(segments, "ndim", 1) == 0)
+    ):
+        raise TypeError(
+            "segments must be an iterable of segment ids (a list, tuple, numpy array, ...), "
+            f"not {type(segments).__name__}; wrap a single id in a list: [720575940634474894]"
+        )
     if _is_ndarray(segments):
         kind = segments.dtype.kind  # type: ignore[attr-defined]
         if segments.ndim != 1:  # type: ignore[attr-defined]

@@ -33,6 +33,22 @@ def _fault_table(rate: float) -> dict[str, float]:
     return {kind: rate / len(FAULT_MIX) for kind in FAULT_MIX} if rate else {}
 
 
+def _fault_spec(text: str) -> dict[str, float]:
+    """``"429=0.05,drop=0.02"`` -> ``{"429": 0.05, "drop": 0.02}``."""
+    table: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        kind, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError(item)
+            table[kind.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected KIND=PROBABILITY items such as 429=0.05,drop=0.02; got {item!r}"
+            ) from None
+    return table
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:
@@ -61,6 +77,20 @@ def _add_fake_options(parser: argparse.ArgumentParser) -> None:
         help="share of requests that fail on purpose, spread evenly over 429 (with "
         "Retry-After), 500, 502, 503, 504, dropped connections and truncated bodies "
         "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--faults",
+        type=_fault_spec,
+        default=None,
+        metavar="KIND=P,...",
+        help="exact fault probabilities instead of --fault-rate, e.g. "
+        "429=0.04,503=0.03,drop=0.03 (kinds: 429 500 502 503 504 drop truncate slow)",
+    )
+    parser.add_argument(
+        "--retry-after",
+        type=_non_negative_float,
+        default=0.1,
+        help="seconds the fake asks for in the Retry-After header of a 429 (default: 0.1)",
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed for the ids and the faults (default: 0)"
@@ -126,6 +156,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="most ids per request; more get 413 (default: %(default)s)",
     )
     fake.add_argument(
+        "--latency-per-segment-us",
+        type=_non_negative_float,
+        default=0.0,
+        help="extra server latency per segment in a request, in microseconds (default: 0)",
+    )
+    fake.add_argument(
         "--rollover-after",
         type=_positive_int,
         default=None,
@@ -155,8 +191,9 @@ def _fake_server(args: argparse.Namespace, err: TextIO) -> int:
 
     fake = FakeBrainCircuits(
         latency=args.latency_ms / 1000,
-        faults=_fault_table(args.fault_rate),
-        retry_after=0.1,
+        latency_per_segment=args.latency_per_segment_us / 1e6,
+        faults=args.faults if args.faults is not None else _fault_table(args.fault_rate),
+        retry_after=args.retry_after,
         max_segments=args.max_segments,
         rollover_after=args.rollover_after,
         seed=args.seed,
@@ -177,8 +214,8 @@ def _demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     fake = FakeBrainCircuits(
         latency=args.latency_ms / 1000,
-        faults=_fault_table(args.fault_rate),
-        retry_after=0.1,
+        faults=args.faults if args.faults is not None else _fault_table(args.fault_rate),
+        retry_after=args.retry_after,
         seed=args.seed,
     )
     ids = [ID_BASE + i for i in random.Random(args.seed).sample(range(10**8), args.segments)]

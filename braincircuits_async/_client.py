@@ -10,6 +10,7 @@ until every chunk agrees on the materialization, then merge into one result
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any
 
 import anyio
 import httpx
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._chunking import normalize_segments, validate_project, validate_property
 from ._config import (
@@ -36,6 +38,7 @@ from ._exceptions import (
     BrainCircuitsError,
     IncompleteResultError,
     InconsistentMaterializationError,
+    MalformedResponseError,
 )
 from ._merge import ChunkAnswer, newest_timestamp, parse_answer, stale_chunks
 from ._models import SegmentPropertyResult
@@ -43,6 +46,7 @@ from ._progress import Progress, ProgressArg, Reporter, make_reporter
 from ._retry import RETRYABLE_STATUS, call_with_retry, is_fatal
 from ._transport import (
     ENDPOINT,
+    AuthHeaders,
     auth_headers,
     build_http_client,
     check_base_url,
@@ -56,7 +60,13 @@ logger = logging.getLogger("braincircuits_async")
 
 @dataclass
 class ClientStats:
-    """Running totals of what a client has sent, for summaries and tests."""
+    """Running totals of what a client has done, for summaries and tests.
+
+    ``requests``: HTTP requests sent; ``retries``: of those, retries;
+    ``chunks``: chunks attempted (413 halves count as chunks); ``segments``: ids
+    covered by successful answers (unknown ids included); ``splits``: 413 splits;
+    ``refetches``: chunks re-fetched because they were from an older materialization.
+    """
 
     requests: int = 0
     retries: int = 0
@@ -214,6 +224,8 @@ class AsyncClient:
         """
         prop = validate_property(property)
         proj = validate_project(project if project is not None else self._config.project)
+        if self._http.is_closed:
+            raise RuntimeError("this AsyncClient is closed; create a new one")
         ids = normalize_segments(segments)
         if not ids:
             return SegmentPropertyResult(
@@ -235,7 +247,9 @@ class _Call:
 
     A chunk is the slice ``ids[start:end]``; answers and failures are keyed by
     ``start``, so 413 splits and re-fetches simply replace or add slices, and
-    merging in ``start`` order gives the request order back.
+    merging in ``start`` order gives the request order back. A fixed pool of at
+    most ``max_concurrency`` workers takes slices from a queue, so memory does not
+    grow with the number of chunks.
     """
 
     def __init__(
@@ -244,27 +258,29 @@ class _Call:
         prop: str,
         project: str,
         ids: list[int],
-        headers: dict[str, str],
+        headers: AuthHeaders,
         reporter: Reporter | None = None,
     ) -> None:
         self.client = client
-        self.reporter = reporter
-        self.done = 0
-        self.retries = 0
-        self.failed = 0
-        self.refetching = False
         self.prop = prop
         self.project = project
         self.ids = ids
-        self.headers = headers
-        self.url = ENDPOINT.format(property=prop)
-        self.params = {"project": project}
+        self.reporter = reporter
+        path = ENDPOINT.format(property=prop)
+        self.url = httpx.URL(client._config.base_url + path, params={"project": project})
+        self.headers = AuthHeaders({**client._http.headers, **headers})
         self.answers: dict[int, ChunkAnswer] = {}
         self.failures: dict[int, tuple[int, BrainCircuitsError]] = {}
-        self.fatal: BrainCircuitsError | None = None
+        self.fatal: Exception | None = None
         self.first_timestamp: int | None = None
         self.inconsistent = False
+        self.refetching = False
+        self.done = 0
+        self.retries = 0
+        self.failed = 0
         self._group: anyio.abc.TaskGroup | None = None
+        self._queue: MemoryObjectSendStream[tuple[int, int]] | None = None
+        self._outstanding = 0
 
     async def run(self) -> SegmentPropertyResult:
         config = self.client._config
@@ -290,17 +306,39 @@ class _Call:
         return self._finish()
 
     async def _fetch(self, chunks: list[tuple[int, int]]) -> None:
-        async with anyio.create_task_group() as group:
-            self._group = group
-            for start, end in chunks:
-                group.start_soon(self._chunk, start, end)
-        self._group = None
+        """Fetch ``chunks`` (and the halves of any that get a 413) with a worker pool."""
+        send, receive = anyio.create_memory_object_stream[tuple[int, int]](math.inf)
+        self._queue = send
+        self._outstanding = len(chunks)
+        for chunk in chunks:
+            send.send_nowait(chunk)
+        workers = min(self.client._config.max_concurrency, len(chunks))
+        with send, receive:
+            async with anyio.create_task_group() as group:
+                self._group = group
+                for _ in range(workers):
+                    group.start_soon(self._worker, receive.clone())
+        self._group = self._queue = None
         if self.fatal is not None:
             raise self.fatal
         if self.inconsistent:
             raise self._inconsistent(
-                "strict consistency: chunks came from different materializations"
+                "consistency='strict' and chunks came from different materializations"
             )
+
+    async def _worker(self, receive: MemoryObjectReceiveStream[tuple[int, int]]) -> None:
+        async with receive:
+            async for start, end in receive:
+                try:
+                    await self._chunk(start, end)
+                except Exception as error:
+                    # A bug, or the user's progress callback failing: stop the call and
+                    # raise that error as it is, not wrapped in an exception group.
+                    self._abort(error)
+                    return
+                self._outstanding -= 1
+                if self._outstanding == 0 and self._queue is not None:
+                    self._queue.close()  # every slice is done: let the workers finish
 
     def _describe(self, start: int, end: int) -> str:
         return (
@@ -329,6 +367,7 @@ class _Call:
             self._fail(start, end, error)
         else:
             self.answers[start] = answer
+            client.stats.segments += end - start
         self._report(end - start)
 
     def _report(self, segments: int) -> None:
@@ -338,39 +377,31 @@ class _Call:
         if self.reporter is not None:
             self.reporter(Progress(self.prop, self.done, len(self.ids), self.retries, self.failed))
 
-    def _observe(self, answer: ChunkAnswer) -> None:
-        """In strict mode, stop everything at the first answer from another materialization."""
-        if self.first_timestamp is None:
-            self.first_timestamp = answer.timestamp
-        elif (
-            answer.timestamp != self.first_timestamp and self.client._config.consistency == "strict"
-        ):
-            self.answers[answer.start] = answer  # keep it: the error reports what was fetched
-            self.inconsistent = True
-            self._cancel()
-
     def _count_retry(self, error: BaseException, wait: float) -> None:
         self.client.stats.retries += 1
         self.retries += 1
 
     def _split(self, start: int, end: int) -> None:
-        """Answer a 413 by fetching both halves of the chunk separately."""
+        """Answer a 413 by queueing both halves of the chunk as chunks of their own."""
         middle = (start + end) // 2
         logger.info("%s: too large (413); splitting in two", self._describe(start, end))
         self.client.stats.splits += 1
         self.answers.pop(start, None)
-        assert self._group is not None
-        self._group.start_soon(self._chunk, start, middle)
-        self._group.start_soon(self._chunk, middle, end)
+        assert self._queue is not None
+        self._outstanding += 2
+        self._queue.send_nowait((start, middle))
+        self._queue.send_nowait((middle, end))
 
-    def _abort(self, error: BrainCircuitsError) -> None:
-        """Stop the whole call: 401/403/404/422 or a redirect would fail every chunk alike."""
+    def _abort(self, error: Exception) -> None:
+        """Stop the whole call with ``error``; in-flight requests are cancelled."""
         if self.fatal is None:
             self.fatal = error
-        self._cancel()
+        if self._group is not None:
+            self._group.cancel_scope.cancel()
 
     def _fail(self, start: int, end: int, error: BrainCircuitsError) -> None:
         if is_fatal(error):
+            # 401/403/404/422 or a redirect would fail every other chunk alike.
             self._abort(error)
             return
         if isinstance(error, APIStatusError) and error.status_code in RETRYABLE_STATUS:
@@ -385,16 +416,17 @@ class _Call:
         self.answers.pop(start, None)
         self.failures[start] = (end, error)
 
-    def _cancel(self) -> None:
-        if self._group is not None:
-            self._group.cancel_scope.cancel()
-
     async def _send(self, start: int, end: int, describe: str) -> ChunkAnswer:
         """One request for ``ids[start:end]``: lower-layer errors become ours here."""
         client = self.client
         ids = self.ids[start:end]
         keys = list(map(str, ids))
-        body = ('{"segments":[' + ",".join(keys) + "]}").encode()
+        request = httpx.Request(
+            "POST",
+            self.url,
+            headers=self.headers,
+            content=('{"segments":[' + ",".join(keys) + "]}").encode(),
+        )
         async with client._limiter:
             # Everything up to the verdict happens while holding the slot, so a fatal
             # error or a strict-mode disagreement cancels the rest before another
@@ -402,23 +434,30 @@ class _Call:
             # is busy with it either way.)
             client.stats.requests += 1
             began = time.perf_counter()
+            failure: BrainCircuitsError | None = None
             try:
-                response = await client._http.post(
-                    self.url, params=self.params, content=body, headers=self.headers
-                )
+                response = await client._http.send(request)
             except httpx.TimeoutException as error:
-                raise APITimeoutError(
+                failure = APITimeoutError(
                     f"{describe}: no answer within timeout={client._config.timeout:g} s "
                     f"({type(error).__name__})"
-                ) from error
-            except httpx.TransportError as error:
-                raise APIConnectionError(
+                )
+            except httpx.DecodingError as error:
+                failure = MalformedResponseError(
+                    f"{describe}: the answer could not be decoded ({error})", transient=True
+                )
+            except httpx.RequestError as error:
+                failure = APIConnectionError(
                     f"{describe}: connection failed ({type(error).__name__}: {error})"
-                ) from error
+                )
+            if failure is not None:
+                # Raised outside the except block: the httpx error holds the request,
+                # whose headers carry the tokens, so it must not ride along as context.
+                raise failure
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug(
                     "POST %s %s -> %d in %.3fs",
-                    self.url,
+                    self.url.path,
                     describe,
                     response.status_code,
                     time.perf_counter() - began,
@@ -433,6 +472,18 @@ class _Call:
             answer = parse_answer(response.content, ids, keys, start=start, describe=describe)
             self._observe(answer)
             return answer
+
+    def _observe(self, answer: ChunkAnswer) -> None:
+        """In strict mode, stop everything at the first answer from another materialization."""
+        if self.first_timestamp is None:
+            self.first_timestamp = answer.timestamp
+        elif (
+            answer.timestamp != self.first_timestamp and self.client._config.consistency == "strict"
+        ):
+            self.answers[answer.start] = answer  # keep it: the error reports what was fetched
+            self.inconsistent = True
+            if self._group is not None:
+                self._group.cancel_scope.cancel()
 
     def _merged(self) -> tuple[dict[int, dict[str, Any]], list[int]]:
         data: dict[int, dict[str, Any]] = {}
@@ -453,6 +504,16 @@ class _Call:
             missing=tuple(missing),
         )
 
+    def _failure_reasons(self) -> tuple[dict[int, str], list[BrainCircuitsError]]:
+        errors: list[BrainCircuitsError] = []
+        failures: dict[int, str] = {}
+        for start in sorted(self.failures):
+            end, error = self.failures[start]
+            if error not in errors:
+                errors.append(error)
+            failures.update(dict.fromkeys(self.ids[start:end], str(error)))
+        return failures, errors
+
     def _inconsistent(self, why: str) -> InconsistentMaterializationError:
         timestamps = tuple(sorted({a.timestamp for a in self.answers.values()}))
         segment_timestamps = {
@@ -460,13 +521,19 @@ class _Call:
             for answer in self.answers.values()
             for segment in answer.values
         }
+        failures, _ = self._failure_reasons()
+        advice = (
+            "raise max_refetch_rounds, or fetch again later"
+            if self.client._config.consistency == "refetch"
+            else "fetch again, or use consistency='refetch' to re-fetch stale chunks"
+        )
         return InconsistentMaterializationError(
             f"{self.prop} (project {self.project!r}): {why}: timestamps {list(timestamps)}. "
-            "The dataset was re-materialized during the fetch; fetch again, or pass "
-            "consistency='refetch' (the default) to re-fetch stale chunks automatically",
+            f"The dataset was re-materialized during the fetch; {advice}",
             timestamps=timestamps,
             result=self._result(),
             segment_timestamps=segment_timestamps,
+            failures=failures,
         )
 
     def _finish(self) -> SegmentPropertyResult:
@@ -486,14 +553,7 @@ class _Call:
             )
         if not self.failures:
             return self._result()
-        errors: list[BrainCircuitsError] = []
-        failures: dict[int, str] = {}
-        for start in sorted(self.failures):
-            end, error = self.failures[start]
-            if error not in errors:
-                errors.append(error)
-            reason = str(error)
-            failures.update(dict.fromkeys(self.ids[start:end], reason))
+        failures, errors = self._failure_reasons()
         if not self.answers:
             # Nothing succeeded, so nothing is lost by raising the error itself.
             raise errors[0]

@@ -80,11 +80,23 @@ def _secret(
         value = value.strip()
         if not value:
             raise ValueError(f"{argument} is empty; pass the token or leave it as None")
-        if any(c in value for c in "\r\n\0"):
-            raise ValueError(f"{argument} contains a line break or NUL; paste the token alone")
+        _check_token_text(value, argument)
         return Secret(value, f"{argument}=")
     found = _from_env(names, os.environ if environ is None else environ)
-    return None if found is None else Secret(found[0], found[1])
+    if found is None:
+        return None
+    _check_token_text(found[0], f"the environment variable {found[1]}")
+    return Secret(found[0], found[1])
+
+
+def _check_token_text(value: str, where: str) -> None:
+    # A header value must be printable ASCII; say so here, naming where the token came
+    # from, instead of failing deep in httpx with the token inside the error.
+    if not (value.isascii() and value.isprintable()) or " " in value:
+        raise ValueError(
+            f"{where} holds characters a token cannot have (spaces, line breaks or "
+            "non-ASCII); paste the token alone"
+        )
 
 
 def resolve_token(value: str | None, environ: Mapping[str, str] | None = None) -> Secret | None:

@@ -15,8 +15,10 @@ Every error the client raises on purpose derives from :class:`BrainCircuitsError
     └── IncompleteResultError        (.result of the chunks that succeeded, .failures)
 
 Lower-layer errors (httpx, json) are translated into these in one place, the
-client's request step; the original is kept as ``__cause__``. Messages never
-contain a token: they name the argument or environment variable instead.
+client's request step. The message quotes the original's type and text, but the
+original is not chained as ``__cause__``: an httpx error holds the request, whose
+headers carry the tokens. Messages never contain a token: they name the
+argument or environment variable instead.
 """
 
 from __future__ import annotations
@@ -136,6 +138,8 @@ class InconsistentMaterializationError(BrainCircuitsError):
     oldest first. ``result`` holds everything that was fetched (each segment
     with its newest value), and ``segment_timestamps`` tells for each segment
     which materialization its value came from, so nothing fetched is lost.
+    ``failures`` maps ids whose chunk failed for good to the reason, as in
+    :class:`IncompleteResultError` (empty when none did).
     """
 
     def __init__(
@@ -145,11 +149,13 @@ class InconsistentMaterializationError(BrainCircuitsError):
         timestamps: tuple[int, ...],
         result: SegmentPropertyResult,
         segment_timestamps: Mapping[int, int],
+        failures: Mapping[int, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.timestamps = timestamps
         self.result = result
         self.segment_timestamps = segment_timestamps
+        self.failures: Mapping[int, str] = {} if failures is None else failures
 
 
 class IncompleteResultError(BrainCircuitsError):

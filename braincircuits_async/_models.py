@@ -26,7 +26,9 @@ class SegmentPropertyResult(Mapping[int, dict[str, Any]]):
         property: the property name, e.g. ``"link_pre"``.
         project: the project, e.g. ``"fruitfly_fafb_flywire"``.
         materialized_timestamp: UNIX time (seconds) of the materialization every
-            value comes from; ``None`` only for an empty request.
+            value comes from; ``None`` only for an empty request. (With
+            ``consistency="ignore"`` values may also come from older ones; this is
+            then the newest, and a warning was logged.)
         missing: requested ids the server did not return, in request order.
     """
 

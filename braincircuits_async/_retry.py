@@ -7,6 +7,7 @@ behind :func:`call_with_retry`.
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import logging
 import math
@@ -66,8 +67,9 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError, IndexError):
             return None
-        if when.tzinfo is None:  # HTTP dates are GMT even when the zone is "-0000"
-            return None
+        if when.tzinfo is None:
+            # asctime dates and "-0000" carry no zone; HTTP dates are always GMT.
+            when = when.replace(tzinfo=datetime.timezone.utc)
         seconds = when.timestamp() - (time.time() if now is None else now)
     if not math.isfinite(seconds):
         return None
@@ -107,7 +109,7 @@ def wait_for(
     retry_number: int,
     retry_after: float | None,
     policy: RetryPolicy,
-    rand: Callable[[], float] = random.random,
+    rand: Callable[[], float] | None = None,
 ) -> float:
     """Seconds to sleep before retry ``retry_number`` (1 for the first retry).
 
@@ -117,7 +119,7 @@ def wait_for(
     """
     exponent = min(retry_number - 1, 62)  # keeps 2**exponent a finite float
     ceiling = min(policy.backoff_max, policy.backoff_base * 2.0**exponent)
-    backoff = rand() * ceiling
+    backoff = (rand or random.random)() * ceiling
     if retry_after is None:
         return backoff
     return max(min(retry_after, policy.max_retry_after), backoff)

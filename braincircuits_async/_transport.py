@@ -21,6 +21,7 @@ from ._version import __version__
 
 __all__ = [
     "ENDPOINT",
+    "AuthHeaders",
     "auth_headers",
     "build_http_client",
     "check_base_url",
@@ -96,7 +97,20 @@ def build_http_client(
     )
 
 
-def auth_headers(token: Secret | None, cave_token: Secret | None, project: str) -> dict[str, str]:
+class AuthHeaders(dict[str, str]):
+    """Request headers that carry tokens: their repr hides every value.
+
+    Keeps the tokens out of tracebacks that show local variables (IPython,
+    rich, Sentry) and out of any accidental print.
+    """
+
+    def __repr__(self) -> str:
+        return f"AuthHeaders({sorted(self)}, values hidden)"
+
+    __str__ = __repr__
+
+
+def auth_headers(token: Secret | None, cave_token: Secret | None, project: str) -> AuthHeaders:
     """The auth headers for ``project``, or an error naming the token to set.
 
     The CAVE token is sent for CAVE-managed projects (where it is required) and
@@ -107,7 +121,7 @@ def auth_headers(token: Secret | None, cave_token: Secret | None, project: str) 
             "no BrainCircuits token: pass token= to AsyncClient or set BRAINCIRCUITS_TOKEN "
             f"({TOKEN_HELP})"
         )
-    headers = {"Authorization": f"Bearer {token.reveal()}"}
+    headers = AuthHeaders(Authorization=f"Bearer {token.reveal()}")
     if cave_token is not None:
         headers["Authorization-Cave"] = f"Bearer {cave_token.reveal()}"
     elif project in CAVE_PROJECTS:
@@ -146,8 +160,10 @@ def error_for_status(
 ) -> APIStatusError:
     """Translate a non-200 answer into the matching exception (returned, not raised)."""
     status = response.status_code
-    body = _scrub(excerpt(response.text), (token, cave_token))
-    detail = _scrub(_detail(response.text), (token, cave_token))
+    # Blank any echo of a token before cutting, so no piece of one survives the cut.
+    text = _scrub(response.text, (token, cave_token))
+    body = excerpt(text)
+    detail = _detail(text)
     retry_after = parse_retry_after(response.headers.get("Retry-After"))
     if 300 <= status < 400:
         location = response.headers.get("Location", "<no Location header>")

@@ -20,10 +20,11 @@ BASE_URL = "https://api.test"
 TIMESTAMP = 1677042002
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    """One async test mode for the suite: anyio's plugin, on asyncio."""
-    return "asyncio"
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """One async test mode for the suite: anyio's plugin, on asyncio and on trio."""
+    backend: str = request.param
+    return backend
 
 
 @pytest.fixture(autouse=True)

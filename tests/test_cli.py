@@ -73,8 +73,7 @@ def free_port() -> int:
         return port
 
 
-@pytest.mark.anyio
-async def test_fake_server_command_serves_the_client_over_http() -> None:
+def test_fake_server_command_serves_the_client_over_http() -> None:
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
@@ -92,14 +91,18 @@ async def test_fake_server_command_serves_the_client_over_http() -> None:
             except OSError:
                 assert process.poll() is None, process.stderr.read() if process.stderr else ""
                 assert time.monotonic() < deadline, "fake-server did not start"
-                await anyio.sleep(0.05)
-        async with bca.AsyncClient(
-            token=testing.DEFAULT_TOKEN,
-            cave_token=testing.DEFAULT_CAVE_TOKEN,
-            base_url=f"http://127.0.0.1:{port}",
-            project="fruitfly_fafb_flywire",
-        ) as client:
-            result = await client.fetch_property("size", range(1, 1001))
+                time.sleep(0.05)
+
+        async def fetch() -> bca.SegmentPropertyResult:
+            async with bca.AsyncClient(
+                token=testing.DEFAULT_TOKEN,
+                cave_token=testing.DEFAULT_CAVE_TOKEN,
+                base_url=f"http://127.0.0.1:{port}",
+                project="fruitfly_fafb_flywire",
+            ) as client:
+                return await client.fetch_property("size", range(1, 1001))
+
+        result = anyio.run(fetch)
         truth = testing.FakeBrainCircuits().expected_results("size", range(1, 1001))
         assert {str(k): v for k, v in result.items()} == truth
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -106,3 +107,28 @@ async def test_ignore_keeps_the_newest_timestamp_and_warns(
     (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert str(TIMESTAMP) in warning.message
     assert str(NEW) in warning.message
+
+
+async def test_inconsistency_with_a_failed_chunk_still_accounts_for_every_id(
+    make_client: Any,
+) -> None:
+    box: list[ScriptedServer] = []
+
+    async def handler(request: httpx.Request, n: int) -> httpx.Response | None:
+        segments = json.loads(request.content)["segments"]
+        if 45 in segments:
+            return httpx.Response(503, json={"detail": "shard down"})
+        box[0].timestamp += 1  # every answer from a new materialization
+        return None
+
+    server = ScriptedServer(handler=handler)
+    box.append(server)
+    async with make_client(
+        transport=server, chunk_size=10, max_concurrency=1, max_retries=1, max_refetch_rounds=1
+    ) as client:
+        with pytest.raises(bca.InconsistentMaterializationError) as caught:
+            await client.fetch_property("link_pre", range(50))
+    error = caught.value
+    assert sorted(error.failures) == list(range(40, 50))
+    assert sorted(error.result) == list(range(40))
+    assert "max_refetch_rounds" in str(error)  # advice that fits refetch mode

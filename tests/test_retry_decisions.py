@@ -28,6 +28,9 @@ NOW = 1_700_000_000.0
         ("nan", None),
         (email.utils.formatdate(NOW + 30, usegmt=True), 30.0),
         (email.utils.formatdate(NOW - 30, usegmt=True), 0.0),
+        (email.utils.formatdate(NOW + 45), 45.0),  # "-0000" zone
+        ("Tue Nov 14 22:14:20 2023", 60.0),  # asctime, GMT by definition
+        ("Tuesday, 14-Nov-23 22:14:20 GMT", 60.0),  # RFC 850
     ],
 )
 def test_retry_after_is_parsed_as_seconds_or_http_date(

@@ -103,7 +103,9 @@ async def test_unreachable_server_is_a_connection_error(make_client: Any) -> Non
     async with make_client(transport=server, max_retries=2) as client:
         with pytest.raises(bca.APIConnectionError, match="ConnectError") as caught:
             await client.fetch_property("link_pre", [1])
-    assert isinstance(caught.value.__cause__, httpx.ConnectError)
+    # The httpx error holds the request and its token headers: it is quoted, not chained.
+    assert caught.value.__cause__ is None
+    assert caught.value.__context__ is None
     assert len(server.requests) == 3
 
 
@@ -116,3 +118,36 @@ async def test_timeouts_are_api_timeout_errors(make_client: Any) -> None:
         with pytest.raises(bca.APITimeoutError, match="timeout="):
             await client.fetch_property("link_pre", [1])
     assert len(server.requests) == 2
+
+
+async def test_a_closed_client_says_so(make_client: Any) -> None:
+    client = make_client(transport=ScriptedServer())
+    async with client:
+        pass
+    with pytest.raises(RuntimeError, match="closed"):
+        await client.fetch_property("link_pre", [1])
+
+
+async def test_an_error_in_the_progress_callback_stops_the_call_as_itself(
+    make_client: Any,
+) -> None:
+    def progress(update: bca.Progress) -> None:
+        raise ZeroDivisionError("the user's bug")
+
+    server = ScriptedServer(latency=0.001)
+    async with make_client(transport=server, chunk_size=1, max_concurrency=2) as client:
+        with pytest.raises(ZeroDivisionError, match="the user's bug"):
+            await client.fetch_property("link_pre", range(50), progress=progress)
+    assert len(server.requests) < 50  # the call stopped instead of carrying on
+
+
+async def test_many_small_chunks_use_a_fixed_number_of_workers(make_client: Any) -> None:
+    server = ScriptedServer()
+    async with make_client(transport=server, chunk_size=1, max_concurrency=4) as client:
+        result = await client.fetch_property("link_pre", range(2000))
+    assert len(result) == 2000
+    assert server.max_in_flight <= 4
+    # Requests leave in request order: the workers take chunks from one queue.
+    firsts = [chunk[0] for chunk in server.segments_requested]
+    assert firsts[:4] == sorted(firsts[:4])
+    assert firsts[-1] >= 1996

@@ -135,3 +135,49 @@ def test_plain_http_to_loopback_is_allowed(base_url: str) -> None:
 def test_plain_http_is_allowed_with_an_own_transport() -> None:
     client = bca.AsyncClient(token="t", base_url="http://fake.test", transport=ScriptedServer())
     assert client.config.base_url == "http://fake.test"
+
+
+async def test_no_piece_of_an_echoed_token_survives_the_cut_of_a_long_body(
+    make_client: Any,
+) -> None:
+    async def handler(request: httpx.Request, number: int) -> httpx.Response:
+        # The token straddles the 300-character cut of the body excerpt.
+        return httpx.Response(500, text="x" * 290 + request.headers["authorization"] + "y" * 50)
+
+    async with make_client(transport=ScriptedServer(handler=handler), max_retries=0) as client:
+        with pytest.raises(bca.APIStatusError) as caught:
+            await client.fetch_property("link_pre", [1])
+    for secret in SECRETS:
+        for start in range(len(secret) - 5):
+            assert secret[start : start + 6] not in full_text(caught.value)
+
+
+async def test_tracebacks_that_show_local_variables_show_no_token(make_client: Any) -> None:
+    async def handler(request: httpx.Request, number: int) -> httpx.Response:
+        return httpx.Response(401, json={"detail": "bad token"})
+
+    async with make_client(transport=ScriptedServer(handler=handler)) as client:
+        with pytest.raises(bca.AuthenticationError) as caught:
+            await client.fetch_property("link_pre", [1])
+    # What IPython's verbose mode, rich's show_locals or Sentry would print.
+    shown = "".join(
+        traceback.TracebackException.from_exception(caught.value, capture_locals=True).format()
+    )
+    assert "headers" in shown
+    assert_no_secret(shown)
+
+
+@pytest.mark.parametrize("bad", ["abcé-token", "two words", "line\nbreak"])
+def test_a_token_with_impossible_characters_is_refused_naming_the_argument(bad: str) -> None:
+    with pytest.raises(ValueError, match="token holds characters") as caught:
+        bca.AsyncClient(token=bad, base_url="https://api.test")
+    assert bad not in str(caught.value)
+
+
+def test_a_bad_token_in_the_environment_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CAVE_TOKEN", "naïve-token")
+    with pytest.raises(ValueError, match="environment variable CAVE_TOKEN") as caught:
+        bca.AsyncClient(token="t", base_url="https://api.test")
+    assert "naïve" not in str(caught.value)
