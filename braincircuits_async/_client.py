@@ -490,7 +490,7 @@ class _Call:
         missing: list[int] = []
         for start in sorted(self.answers):
             answer = self.answers[start]
-            data.update(answer.values)
+            data.update(answer.items())
             missing.extend(answer.missing)
         return data, missing
 
@@ -519,7 +519,7 @@ class _Call:
         segment_timestamps = {
             segment: answer.timestamp
             for answer in self.answers.values()
-            for segment in answer.values
+            for segment, _ in answer.items()
         }
         failures, _ = self._failure_reasons()
         advice = (
