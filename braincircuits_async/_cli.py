@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import random
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import TextIO
@@ -187,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fake_server(args: argparse.Namespace, err: TextIO) -> int:
-    from .testing import FakeBrainCircuits, serve
+    from .testing import FakeBrainCircuits, serve_in_thread
 
     fake = FakeBrainCircuits(
         latency=args.latency_ms / 1000,
@@ -198,14 +199,17 @@ def _fake_server(args: argparse.Namespace, err: TextIO) -> int:
         rollover_after=args.rollover_after,
         seed=args.seed,
     )
-    print(
-        f"fake BrainCircuits server on http://{args.host}:{args.port}\n"
-        f"  export BRAINCIRCUITS_URL=http://{args.host}:{args.port}\n"
-        "  tokens: braincircuits_async.testing.DEFAULT_TOKEN and DEFAULT_CAVE_TOKEN\n"
-        "  Ctrl+C to stop",
-        file=err,
-    )
-    serve(fake, host=args.host, port=args.port, log_level="warning")
+    # Served from a thread so that the address printed is the one bound (--port 0).
+    with serve_in_thread(fake, host=args.host, port=args.port) as base_url:
+        print(
+            f"fake BrainCircuits server on {base_url}\n"
+            f"  export BRAINCIRCUITS_URL={base_url}\n"
+            "  tokens: braincircuits_async.testing.DEFAULT_TOKEN and DEFAULT_CAVE_TOKEN\n"
+            "  Ctrl+C to stop",
+            file=err,
+            flush=True,
+        )
+        threading.Event().wait()  # until Ctrl+C; main() turns that into exit 130
     return 0
 
 

@@ -1,0 +1,208 @@
+"""One measurement in a fresh process: ``python -m benchmarks._worker '<json spec>'``.
+
+Each contender fetches the same ids from the same fake server and merges the
+answers into one mapping held in memory; the worker prints one JSON line with
+the wall time, requests sent, segments returned and memory figures. A fresh
+process per measurement keeps one contender's garbage out of the next one's
+memory figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import resource
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import httpx
+
+import braincircuits_async as bca
+from braincircuits_async import testing
+
+PROJECT = "fruitfly_fafb_flywire"
+ID_BASE = 720575940600000000
+HEADERS = {
+    "Authorization": f"Bearer {testing.DEFAULT_TOKEN}",
+    "Authorization-Cave": f"Bearer {testing.DEFAULT_CAVE_TOKEN}",
+}
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def chunks(ids: list[int], size: int) -> list[list[int]]:
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
+def url(spec: dict[str, Any]) -> str:
+    return f"{spec['base_url']}/circuit/segment/property/{spec['property']}"
+
+
+def naive(spec: dict[str, Any], ids: list[int]) -> tuple[dict[Any, Any], int]:
+    """The reference's way: one chunk after another with a blocking client."""
+    results: dict[Any, Any] = {}
+    requests = 0
+    with httpx.Client(timeout=60) as http:
+        for chunk in chunks(ids, spec["chunk_size"]):
+            while True:  # a minimal retry, so faults do not end the run
+                requests += 1
+                try:
+                    response = http.post(
+                        url(spec),
+                        params={"project": PROJECT},
+                        headers=HEADERS,
+                        json={"segments": chunk},
+                    )
+                    if response.status_code == 200:
+                        results.update(response.json()["results"])
+                        break
+                except (httpx.TransportError, ValueError):
+                    pass
+                time.sleep(0.1)
+    return results, requests
+
+
+async def httpx_gather(spec: dict[str, Any], ids: list[int]) -> tuple[dict[Any, Any], int]:
+    """A hand-written asyncio.gather over httpx with a semaphore: what users write."""
+    concurrency = spec["concurrency"]
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    semaphore = asyncio.Semaphore(concurrency)
+    results: dict[Any, Any] = {}
+    requests = 0
+
+    async with httpx.AsyncClient(limits=limits, timeout=60) as http:
+
+        async def one(chunk: list[int]) -> None:
+            nonlocal requests
+            while True:
+                async with semaphore:
+                    requests += 1
+                    try:
+                        response = await http.post(
+                            url(spec),
+                            params={"project": PROJECT},
+                            headers=HEADERS,
+                            json={"segments": chunk},
+                        )
+                        if response.status_code == 200:
+                            results.update(response.json()["results"])
+                            return
+                    except (httpx.TransportError, ValueError):
+                        pass
+                await asyncio.sleep(0.1)
+
+        await asyncio.gather(*(one(c) for c in chunks(ids, spec["chunk_size"])))
+    return results, requests
+
+
+async def aiohttp_gather(spec: dict[str, Any], ids: list[int]) -> tuple[dict[Any, Any], int]:
+    """The same loop over aiohttp."""
+    import aiohttp
+
+    concurrency = spec["concurrency"]
+    semaphore = asyncio.Semaphore(concurrency)
+    results: dict[Any, Any] = {}
+    requests = 0
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one(chunk: list[int]) -> None:
+            nonlocal requests
+            while True:
+                async with semaphore:
+                    requests += 1
+                    try:
+                        async with session.post(
+                            url(spec),
+                            params={"project": PROJECT},
+                            headers=HEADERS,
+                            json={"segments": chunk},
+                        ) as response:
+                            if response.status == 200:
+                                results.update(json.loads(await response.read())["results"])
+                                return
+                    except (aiohttp.ClientError, ValueError):
+                        pass
+                await asyncio.sleep(0.1)
+
+        await asyncio.gather(*(one(c) for c in chunks(ids, spec["chunk_size"])))
+    return results, requests
+
+
+def client_settings(spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "token": testing.DEFAULT_TOKEN,
+        "cave_token": testing.DEFAULT_CAVE_TOKEN,
+        "base_url": spec["base_url"],
+        "project": PROJECT,
+        "chunk_size": spec["chunk_size"],
+        "max_concurrency": spec["concurrency"],
+        **spec.get("client", {}),
+    }
+
+
+async def client(spec: dict[str, Any], ids: list[int]) -> tuple[Any, int]:
+    """This library's fetch_property."""
+    async with bca.AsyncClient(**client_settings(spec)) as c:
+        result = await c.fetch_property(spec["property"], ids)
+        return result, c.stats.requests
+
+
+async def client_stream(spec: dict[str, Any], ids: list[int]) -> tuple[Any, int]:
+    """This library's iter_property, keeping only a count (memory bounded by chunks)."""
+    seen = 0
+    async with bca.AsyncClient(**client_settings(spec)) as c:
+        async for part in c.iter_property(spec["property"], ids):  # type: ignore[attr-defined]
+            seen += len(part)
+        return {"count": seen}, c.stats.requests
+
+
+CONTENDERS: dict[str, Callable[..., Any]] = {
+    "naive": naive,
+    "httpx-gather": httpx_gather,
+    "aiohttp-gather": aiohttp_gather,
+    "client": client,
+    "client-stream": client_stream,
+}
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    n = spec["n"]
+    ids = [ID_BASE + i * 7919 for i in range(n)]
+    gc.collect()
+    before = rss_bytes()
+    contender = CONTENDERS[spec["contender"]]
+    began = time.perf_counter()
+    cpu_began = time.process_time()
+    if asyncio.iscoroutinefunction(contender):
+        coroutine: Coroutine[Any, Any, tuple[Any, int]] = contender(spec, ids)
+        result, requests = asyncio.run(coroutine)
+    else:
+        result, requests = contender(spec, ids)
+    wall = time.perf_counter() - began
+    cpu = time.process_time() - cpu_began
+    held = rss_bytes() - before
+    peak = peak_rss_bytes() - before
+    returned = result["count"] if "count" in result else len(result)
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "requests": requests,
+        "returned": returned,
+        "held_bytes": held,
+        "peak_bytes": peak,
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure(json.loads(sys.argv[1]))))

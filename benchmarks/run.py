@@ -1,0 +1,390 @@
+"""Benchmarks: this client against the naive loop, hand-written loops and the ideal.
+
+Run from the repository root::
+
+    python -m benchmarks.run            # the full run (several minutes)
+    python -m benchmarks.run --quick    # small sizes, under a minute (CI runs this)
+
+The fake server runs in its own process (``braincircuits-async fake-server``) so
+that client and server do not share one event loop; every measurement runs in a
+fresh client process (``benchmarks._worker``). Results go to a JSON file, a
+Markdown summary and, when matplotlib is installed, a PNG of the scaling curves.
+Times are reported as ratios to the ideal and to the other contenders measured
+in the same run, never judged against absolute numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._server import fake_server
+
+RESULTS = Path(__file__).parent / "results"
+FAULTS = "429=0.034,503=0.033,drop=0.033"  # 10 % mixed, as in the issue
+
+
+@dataclass
+class Plan:
+    """Sizes for one run; the quick plan keeps every scenario but shrinks it."""
+
+    n: int
+    latency_ms: float
+    chunk_size: int
+    concurrency: int
+    repeats: int
+    sizes: list[int]
+    concurrencies: list[int]
+    chunk_sizes: list[int]
+    per_segment_us: float
+    memory_n: int
+    contenders: list[str] = field(default_factory=list)
+
+
+FULL = Plan(
+    n=100_000,
+    latency_ms=50,
+    chunk_size=500,
+    concurrency=8,
+    repeats=3,
+    sizes=[1_000, 10_000, 100_000, 300_000, 1_000_000],
+    concurrencies=[1, 2, 4, 8, 16, 32, 64],
+    chunk_sizes=[50, 100, 200, 500, 1000, 2000, 5000],
+    per_segment_us=20,
+    memory_n=1_000_000,
+)
+QUICK = Plan(
+    n=5_000,
+    latency_ms=20,
+    chunk_size=250,
+    concurrency=8,
+    repeats=1,
+    sizes=[1_000, 5_000, 20_000],
+    concurrencies=[1, 8, 64],
+    chunk_sizes=[100, 500],
+    per_segment_us=20,
+    memory_n=20_000,
+)
+
+
+def ideal(n: int, chunk_size: int, concurrency: int, seconds_per_request: float) -> float:
+    """Wall time if the client cost nothing: full rounds of requests, back to back."""
+    return math.ceil(math.ceil(n / chunk_size) / concurrency) * seconds_per_request
+
+
+def measure(spec: dict[str, Any], repeats: int = 1) -> dict[str, Any]:
+    """Median of ``repeats`` fresh-process runs of one contender."""
+    runs = []
+    for _ in range(repeats):
+        out = subprocess.run(
+            [sys.executable, "-m", "benchmarks._worker", json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"{spec['contender']} failed:\n{out.stderr[-3000:]}")
+        runs.append(json.loads(out.stdout))
+    best = sorted(runs, key=lambda r: r["wall"])[len(runs) // 2]
+    best["walls"] = [r["wall"] for r in runs]
+    return best
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def contenders() -> list[str]:
+    names = ["client", "naive", "httpx-gather"]
+    if importlib.util.find_spec("aiohttp") is not None:
+        names.append("aiohttp-gather")
+    return names
+
+
+def has_streaming() -> bool:
+    import braincircuits_async as bca
+
+    return hasattr(bca.AsyncClient, "iter_property")
+
+
+def spec(base_url: str, plan: Plan, contender: str, **overrides: Any) -> dict[str, Any]:
+    return {
+        "base_url": base_url,
+        "property": "link_pre",
+        "n": plan.n,
+        "chunk_size": plan.chunk_size,
+        "concurrency": plan.concurrency,
+        "contender": contender,
+        **overrides,
+    }
+
+
+def head_to_head(plan: Plan, latency_ms: float) -> dict[str, Any]:
+    """The four contenders on one server: wall/ideal and segments per second."""
+    rows: dict[str, Any] = {}
+    with fake_server(latency_ms=latency_ms) as url:
+        measure(spec(url, plan, "client"))  # warm the server up
+        for name in contenders():
+            repeats = 1 if name == "naive" else plan.repeats
+            result = measure(spec(url, plan, name), repeats)
+            rows[name] = result
+            log(f"  {name:15s} wall {result['wall']:.3f} s  cpu {result['cpu']:.3f} s")
+    best = ideal(plan.n, plan.chunk_size, plan.concurrency, latency_ms / 1000)
+    for row in rows.values():
+        row["segments_per_s"] = plan.n / row["wall"]
+        row["wall_over_ideal"] = row["wall"] / best if best else None
+    client = rows["client"]
+    return {
+        "n": plan.n,
+        "latency_ms": latency_ms,
+        "chunk_size": plan.chunk_size,
+        "concurrency": plan.concurrency,
+        "ideal_s": best,
+        "contenders": rows,
+        "client_over_httpx_wall": client["wall"] / rows["httpx-gather"]["wall"],
+        "client_throughput_over_httpx": rows["httpx-gather"]["wall"] / client["wall"],
+        "speedup_over_naive": rows["naive"]["wall"] / client["wall"],
+    }
+
+
+def scaling(plan: Plan) -> dict[str, Any]:
+    """Wall time and memory over sizes, and wall time over concurrency, at latency."""
+    latency = plan.latency_ms / 1000
+    sizes: list[dict[str, Any]] = []
+    by_concurrency: list[dict[str, Any]] = []
+    with fake_server(latency_ms=plan.latency_ms) as url:
+        measure(spec(url, plan, "client"))
+        for n in plan.sizes:
+            row: dict[str, Any] = {
+                "n": n,
+                "ideal_s": ideal(n, plan.chunk_size, plan.concurrency, latency),
+            }
+            for name in ("client", "httpx-gather"):
+                result = measure(spec(url, plan, name, n=n))
+                row[name] = result
+            log(f"  n={n:>9,}  client {row['client']['wall']:.3f} s  ideal {row['ideal_s']:.3f} s")
+            sizes.append(row)
+        for c in plan.concurrencies:
+            row = {"concurrency": c, "ideal_s": ideal(plan.n, plan.chunk_size, c, latency)}
+            for name in ("client", "httpx-gather"):
+                row[name] = measure(spec(url, plan, name, concurrency=c), plan.repeats)
+            log(f"  c={c:>3}  client {row['client']['wall']:.3f} s  ideal {row['ideal_s']:.3f} s")
+            by_concurrency.append(row)
+    return {"sizes": sizes, "concurrency": by_concurrency}
+
+
+def under_faults(plan: Plan) -> dict[str, Any]:
+    """10 % mixed faults (429 with Retry-After, 503, dropped connections)."""
+    with fake_server(latency_ms=plan.latency_ms, faults=FAULTS, retry_after=0.1) as url:
+        result = measure(spec(url, plan, "client"), plan.repeats)
+    chunks = math.ceil(plan.n / plan.chunk_size)
+    best = ideal(plan.n, plan.chunk_size, plan.concurrency, plan.latency_ms / 1000)
+    log(f"  wall {result['wall']:.3f} s, {result['requests']} requests for {chunks} chunks")
+    return {
+        "faults": FAULTS,
+        "retry_after_s": 0.1,
+        "ideal_s": best,
+        "client": result,
+        "wall_over_ideal": result["wall"] / best,
+        "requests_over_minimum": result["requests"] / chunks,
+    }
+
+
+def memory(plan: Plan) -> dict[str, Any]:
+    """RSS growth per segment held by fetch_property, and the streaming peak."""
+    rows: dict[str, Any] = {}
+    with fake_server() as url:
+        names = ["client", "httpx-gather"] + (["client-stream"] if has_streaming() else [])
+        for name in names:
+            for n in sorted({plan.memory_n // 10, plan.memory_n}):
+                result = measure(spec(url, plan, name, n=n))
+                result["held_bytes_per_segment"] = result["held_bytes"] / n
+                result["peak_bytes_per_segment"] = result["peak_bytes"] / n
+                rows[f"{name}@{n}"] = result
+                log(
+                    f"  {name:15s} n={n:>9,}  held {result['held_bytes'] / 2**20:.1f} MiB "
+                    f"({result['held_bytes_per_segment']:.0f} B/seg), "
+                    f"peak {result['peak_bytes'] / 2**20:.1f} MiB"
+                )
+    return rows
+
+
+def chunk_sizes(plan: Plan) -> list[dict[str, Any]]:
+    """Wall time over chunk_size at latency plus a per-segment server cost."""
+    rows = []
+    per_request = plan.latency_ms / 1000
+    per_segment = plan.per_segment_us / 1e6
+    with fake_server(latency_ms=plan.latency_ms, latency_per_segment_us=plan.per_segment_us) as url:
+        for size in plan.chunk_sizes:
+            result = measure(spec(url, plan, "client", chunk_size=size), plan.repeats)
+            best = ideal(plan.n, size, plan.concurrency, per_request + size * per_segment)
+            rows.append({"chunk_size": size, "ideal_s": best, "client": result})
+            log(f"  chunk_size={size:>5}  wall {result['wall']:.3f} s  ideal {best:.3f} s")
+    return rows
+
+
+def machine() -> dict[str, Any]:
+    from importlib.metadata import version
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        **{name: version(name) for name in ("braincircuits-async", "httpx", "httpcore", "anyio")},
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def summary(results: dict[str, Any]) -> str:
+    """The Markdown tables that docs/performance.md shows."""
+    lines = []
+    for key, title in (("latency_bound", "Latency-bound"), ("cpu_bound", "CPU-bound")):
+        run = results[key]
+        lines += [
+            f"### {title}: {run['n']:,} segments, {run['latency_ms']:g} ms latency, "
+            f"chunk_size {run['chunk_size']}, concurrency {run['concurrency']}",
+            "",
+            "| contender | wall (s) | wall / ideal | segments/s | CPU (s) |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, row in run["contenders"].items():
+            ratio = f"{row['wall_over_ideal']:.2f}" if row["wall_over_ideal"] else "-"
+            lines.append(
+                f"| {name} | {row['wall']:.3f} | {ratio} | {row['segments_per_s']:,.0f} "
+                f"| {row['cpu']:.3f} |"
+            )
+        lines += [
+            "",
+            f"client / httpx-gather wall: **{run['client_over_httpx_wall']:.3f}**; "
+            f"speed-up over naive: **{run['speedup_over_naive']:.1f}x**; ideal "
+            f"{run['ideal_s']:.3f} s",
+            "",
+        ]
+    faults = results["faults"]
+    lines += [
+        "### Under 10 % mixed faults",
+        "",
+        f"wall / ideal **{faults['wall_over_ideal']:.2f}**, requests / minimum "
+        f"**{faults['requests_over_minimum']:.3f}** ({faults['faults']}, Retry-After "
+        f"{faults['retry_after_s']} s)",
+        "",
+        "### Scaling with concurrency (latency-bound)",
+        "",
+        "| max_concurrency | ideal (s) | client (s) | httpx-gather (s) | client / ideal |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for row in results["scaling"]["concurrency"]:
+        lines.append(
+            f"| {row['concurrency']} | {row['ideal_s']:.3f} | {row['client']['wall']:.3f} | "
+            f"{row['httpx-gather']['wall']:.3f} | {row['client']['wall'] / row['ideal_s']:.2f} |"
+        )
+    lines += [
+        "",
+        "### Scaling with size (latency-bound)",
+        "",
+        "| segments | ideal (s) | client (s) | client peak RSS (MiB) | httpx-gather (s) |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for row in results["scaling"]["sizes"]:
+        lines.append(
+            f"| {row['n']:,} | {row['ideal_s']:.3f} | {row['client']['wall']:.3f} | "
+            f"{row['client']['peak_bytes'] / 2**20:.1f} | {row['httpx-gather']['wall']:.3f} |"
+        )
+    lines += ["", "### Memory", "", "| run | held B/segment | peak B/segment |", "|---|---:|---:|"]
+    for name, row in results["memory"].items():
+        held, peak = row["held_bytes_per_segment"], row["peak_bytes_per_segment"]
+        lines.append(f"| {name} | {held:.0f} | {peak:.0f} |")
+    lines += ["", "### chunk_size (latency plus per-segment cost)", ""]
+    lines += ["| chunk_size | ideal (s) | client (s) |", "|---:|---:|---:|"]
+    for row in results["chunk_sizes"]:
+        lines.append(
+            f"| {row['chunk_size']} | {row['ideal_s']:.3f} | {row['client']['wall']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    sizes = results["scaling"]["sizes"]
+    ax = axes[0]
+    ns = [r["n"] for r in sizes]
+    ax.loglog(ns, [r["client"]["wall"] for r in sizes], "o-", label="braincircuits-async")
+    ax.loglog(ns, [r["httpx-gather"]["wall"] for r in sizes], "s--", label="httpx + gather")
+    ax.loglog(ns, [r["ideal_s"] for r in sizes], "k:", label="ideal")
+    ax.set(xlabel="segments", ylabel="wall time (s)", title="Size (50 ms latency)")
+    ax.legend()
+    ax = axes[1]
+    conc = results["scaling"]["concurrency"]
+    cs = [r["concurrency"] for r in conc]
+    ax.loglog(cs, [r["client"]["wall"] for r in conc], "o-", label="braincircuits-async")
+    ax.loglog(cs, [r["httpx-gather"]["wall"] for r in conc], "s--", label="httpx + gather")
+    ax.loglog(cs, [r["ideal_s"] for r in conc], "k:", label="ideal")
+    ax.set(xlabel="max_concurrency", ylabel="wall time (s)", title="Concurrency")
+    ax.legend()
+    ax = axes[2]
+    rows = results["chunk_sizes"]
+    ks = [r["chunk_size"] for r in rows]
+    ax.semilogx(ks, [r["client"]["wall"] for r in rows], "o-", label="braincircuits-async")
+    ax.semilogx(ks, [r["ideal_s"] for r in rows], "k:", label="ideal")
+    ax.set(xlabel="chunk_size", ylabel="wall time (s)", title="Chunk size")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, under a minute")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="results folder (default: benchmarks/results)"
+    )
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    out = args.out or RESULTS
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "quick" if args.quick else "full"
+    began = time.perf_counter()
+    results: dict[str, Any] = {"machine": machine(), "quick": args.quick}
+    log(f"latency-bound ({plan.n:,} segments, {plan.latency_ms:g} ms)")
+    results["latency_bound"] = head_to_head(plan, plan.latency_ms)
+    log(f"CPU-bound ({plan.n:,} segments, no latency)")
+    results["cpu_bound"] = head_to_head(plan, 0.0)
+    log("scaling")
+    results["scaling"] = scaling(plan)
+    log("under faults")
+    results["faults"] = under_faults(plan)
+    log("memory")
+    results["memory"] = memory(plan)
+    log("chunk sizes")
+    results["chunk_sizes"] = chunk_sizes(plan)
+    results["seconds"] = time.perf_counter() - began
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(summary(results))
+    plotted = plot(results, out / f"{stem}.png")
+    log(f"wrote {out / f'{stem}.json'}, {out / f'{stem}.md'}" + (" and a plot" if plotted else ""))
+    log(f"took {results['seconds']:.0f} s")
+    print(summary(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
