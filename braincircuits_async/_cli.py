@@ -163,6 +163,13 @@ def _build_parser() -> argparse.ArgumentParser:
         help="extra server latency per segment in a request, in microseconds (default: 0)",
     )
     fake.add_argument(
+        "--cache-mb",
+        type=_non_negative_float,
+        default=0.0,
+        help="serve repeated requests from up to this many MiB of cached answers, so the "
+        "fake's own CPU time stays out of benchmarks (default: 0, off)",
+    )
+    fake.add_argument(
         "--rollover-after",
         type=_positive_int,
         default=None,
@@ -198,6 +205,7 @@ def _fake_server(args: argparse.Namespace, err: TextIO) -> int:
         max_segments=args.max_segments,
         rollover_after=args.rollover_after,
         seed=args.seed,
+        answer_cache_bytes=int(args.cache_mb * 2**20),
     )
     # Served from a thread so that the address printed is the one bound (--port 0).
     with serve_in_thread(fake, host=args.host, port=args.port) as base_url:

@@ -47,8 +47,8 @@ from ._retry import RETRYABLE_STATUS, call_with_retry, is_fatal
 from ._transport import (
     ENDPOINT,
     AuthHeaders,
+    ConnectionPools,
     auth_headers,
-    build_http_client,
     check_base_url,
     error_for_status,
 )
@@ -111,6 +111,9 @@ class AsyncClient:
         max_retry_after: longest ``Retry-After`` (seconds) the client will honour;
             a longer one fails the chunk with the server's wait in the message.
         max_refetch_rounds: rounds of re-fetching stale chunks in ``"refetch"`` mode.
+        connections_per_pool: connections per httpx pool; ``max_concurrency`` is
+            spread over several pools of this size, because one large httpx pool
+            slows down with the square of its size (see ``docs/performance.md``).
     """
 
     def __init__(
@@ -126,10 +129,11 @@ class AsyncClient:
         timeout: float = 30.0,
         consistency: Consistency = "refetch",
         transport: httpx.AsyncBaseTransport | None = None,
-        backoff_base: float = 0.5,
+        backoff_base: float = 0.1,
         backoff_max: float = 30.0,
         max_retry_after: float = 120.0,
         max_refetch_rounds: int = 3,
+        connections_per_pool: int = 2,
     ) -> None:
         url = resolve_base_url(base_url)
         check_base_url(url, custom_transport=transport is not None)
@@ -143,6 +147,7 @@ class AsyncClient:
             timeout=timeout,
             consistency=consistency,
             max_refetch_rounds=max_refetch_rounds,
+            connections_per_pool=connections_per_pool,
             retry=RetryPolicy(
                 max_retries=max_retries,
                 backoff_base=backoff_base,
@@ -152,7 +157,7 @@ class AsyncClient:
         )
         self._token = resolve_token(token)
         self._cave_token = resolve_cave_token(cave_token)
-        self._http = build_http_client(self._config, transport)
+        self._http = ConnectionPools(self._config, transport)
         self._limiter = anyio.CapacityLimiter(self._config.max_concurrency)
         #: Running totals of requests, retries, chunks and segments.
         self.stats = ClientStats()
@@ -175,7 +180,7 @@ class AsyncClient:
         )
 
     async def __aenter__(self) -> AsyncClient:
-        await self._http.__aenter__()
+        await self._http.open()
         return self
 
     async def __aexit__(
@@ -435,8 +440,10 @@ class _Call:
             client.stats.requests += 1
             began = time.perf_counter()
             failure: BrainCircuitsError | None = None
+            pools = client._http
+            slot = pools.take()
             try:
-                response = await client._http.send(request)
+                response = await pools.client_for(slot).send(request)
             except httpx.TimeoutException as error:
                 failure = APITimeoutError(
                     f"{describe}: no answer within timeout={client._config.timeout:g} s "
@@ -450,6 +457,8 @@ class _Call:
                 failure = APIConnectionError(
                     f"{describe}: connection failed ({type(error).__name__}: {error})"
                 )
+            finally:
+                pools.give_back(slot)
             if failure is not None:
                 # Raised outside the except block: the httpx error holds the request,
                 # whose headers carry the tokens, so it must not ride along as context.

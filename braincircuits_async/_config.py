@@ -148,7 +148,7 @@ class RetryPolicy:
     """
 
     max_retries: int = 5
-    backoff_base: float = 0.5
+    backoff_base: float = 0.1
     backoff_max: float = 30.0
     max_retry_after: float = 120.0
 
@@ -171,12 +171,16 @@ class ClientConfig:
     consistency: Consistency = "refetch"
     #: How many rounds of re-fetching stale chunks ``consistency="refetch"`` tries.
     max_refetch_rounds: int = 3
+    #: Connections per httpx pool; the bound is spread over several pools (see
+    #: ``_transport.ConnectionPools``: one big pool costs time quadratic in its size).
+    connections_per_pool: int = 2
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def __post_init__(self) -> None:
         _check_int("chunk_size", self.chunk_size, 1, 100_000)
         _check_int("max_concurrency", self.max_concurrency, 1, 1024)
         _check_int("max_refetch_rounds", self.max_refetch_rounds, 0, 100)
+        _check_int("connections_per_pool", self.connections_per_pool, 1, 1024)
         _check_seconds("timeout", self.timeout)
         if self.consistency not in CONSISTENCY_MODES:
             raise ValueError(

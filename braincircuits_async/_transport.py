@@ -22,8 +22,8 @@ from ._version import __version__
 __all__ = [
     "ENDPOINT",
     "AuthHeaders",
+    "ConnectionPools",
     "auth_headers",
-    "build_http_client",
     "check_base_url",
     "error_for_status",
     "is_loopback",
@@ -75,26 +75,76 @@ def check_base_url(base_url: str, *, custom_transport: bool) -> httpx.URL:
     return url
 
 
-def build_http_client(
-    config: ClientConfig, transport: httpx.AsyncBaseTransport | None
-) -> httpx.AsyncClient:
-    """One long-lived httpx client whose pool matches the client's concurrency bound."""
-    limits = httpx.Limits(
-        max_connections=config.max_concurrency,
-        max_keepalive_connections=config.max_concurrency,
-    )
-    return httpx.AsyncClient(
-        base_url=config.base_url,
-        transport=transport,
-        limits=limits,
-        timeout=httpx.Timeout(config.timeout),
-        follow_redirects=False,
-        headers={
+class ConnectionPools:
+    """Long-lived httpx clients whose connections add up to the concurrency bound.
+
+    httpcore assigns a request to a connection by scanning every connection of
+    its pool, and does so on every request and every release: the cost grows
+    with the square of the pool's size (at 64 connections it dominates a bulk
+    fetch). So the bound is spread over several small pools of at most
+    ``connections_per_pool`` connections, and each request takes a *slot*: a
+    place in one pool that is known to be free, because the client's limiter
+    admits no more requests than there are slots.
+
+    With a caller's own ``transport`` there is one client around it.
+    """
+
+    def __init__(self, config: ClientConfig, transport: httpx.AsyncBaseTransport | None) -> None:
+        bound = config.max_concurrency
+        size = bound if transport is not None else min(config.connections_per_pool, bound)
+        count = -(-bound // size)
+        # One TLS context for every pool: building one costs tens of milliseconds.
+        verify = httpx.create_ssl_context() if transport is None else True
+        headers = {
             "Accept": "application/json",
             "Content-Type": "application/json",
             "User-Agent": f"braincircuits-async/{__version__}",
-        },
-    )
+        }
+        self.clients = [
+            httpx.AsyncClient(
+                base_url=config.base_url,
+                transport=transport,
+                limits=httpx.Limits(
+                    max_connections=min(size, bound - i * size),
+                    max_keepalive_connections=min(size, bound - i * size),
+                ),
+                timeout=httpx.Timeout(config.timeout),
+                follow_redirects=False,
+                headers=headers,
+                verify=verify,
+            )
+            for i in range(count)
+        ]
+        #: Which client each slot sends through; free slots are popped from the end.
+        self._slot_client = [self.clients[slot // size] for slot in range(bound)]
+        self._free = list(range(bound - 1, -1, -1))
+
+    @property
+    def headers(self) -> httpx.Headers:
+        """The headers every request carries besides the tokens."""
+        return self.clients[0].headers
+
+    @property
+    def is_closed(self) -> bool:
+        return self.clients[0].is_closed
+
+    def take(self) -> int:
+        """A free slot: call only while holding the client's limiter, which ensures one."""
+        return self._free.pop()
+
+    def client_for(self, slot: int) -> httpx.AsyncClient:
+        return self._slot_client[slot]
+
+    def give_back(self, slot: int) -> None:
+        self._free.append(slot)
+
+    async def open(self) -> None:
+        for client in self.clients:
+            await client.__aenter__()
+
+    async def aclose(self) -> None:
+        for client in self.clients:
+            await client.aclose()
 
 
 class AuthHeaders(dict[str, str]):

@@ -317,6 +317,10 @@ class FakeBrainCircuits:
             project, property and ids); the next try always succeeds.
         seed: seeds the fault draws, so a run's faults repeat for a repeated sequence
             of requests.
+        answer_cache_bytes: keep up to this many bytes of encoded answers and serve a
+            repeated request (same project, property, ids and materialization) from
+            them. Off (0) by default; benchmarks turn it on so that the fake's own
+            CPU time stays out of the client's measurements.
 
     Raises:
         ValueError: an argument is out of range; the message names it.
@@ -343,6 +347,7 @@ class FakeBrainCircuits:
         slow_delay: float = 1.0,
         max_consecutive_faults: int = 2,
         seed: int = 0,
+        answer_cache_bytes: int = 0,
     ) -> None:
         self._token = _check_token("token", token)
         self._cave_token = _check_token("cave_token", cave_token)
@@ -385,6 +390,11 @@ class FakeBrainCircuits:
             raise ValueError(f"seed must be an int, got {seed!r}")
         self._seed = seed
         self._threshold = _fake_data.unknown_threshold(self._unknown_fraction)
+        self._cache_limit = _check_int("answer_cache_bytes", answer_cache_bytes, 0)
+        self._cache: collections.OrderedDict[tuple[Any, ...], tuple[bytes, int]] = (
+            collections.OrderedDict()
+        )
+        self._cache_bytes = 0
         self._lock = threading.Lock()
         self.log = FakeLog()
         self.reset()
@@ -501,6 +511,26 @@ class FakeBrainCircuits:
         if len(set(segments)) != len(segments):
             # A JSON object cannot repeat a key; the real API answers each id once.
             segments = list(dict.fromkeys(segments))
+        if not self._cache_limit:
+            return self._encode_fresh(project, prop, segments, timestamp)
+        key = (project, prop, timestamp, tuple(segments))
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+        answer = self._encode_fresh(project, prop, segments, timestamp)
+        with self._lock:
+            self._cache[key] = answer
+            self._cache_bytes += len(answer[0])
+            while self._cache_bytes > self._cache_limit and self._cache:
+                _, (old, _) = self._cache.popitem(last=False)
+                self._cache_bytes -= len(old)
+        return answer
+
+    def _encode_fresh(
+        self, project: str, prop: str, segments: list[int], timestamp: int
+    ) -> tuple[bytes, int]:
         return _fake_data.encode_answer(
             segments,
             timestamp,

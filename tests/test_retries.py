@@ -231,3 +231,21 @@ async def test_answers_of_the_wrong_shape_name_the_problem(
         with pytest.raises(bca.MalformedResponseError, match=words) as caught:
             await client.fetch_property("link_pre", [1, 2])
     assert "ids[0:2]" in str(caught.value)  # names the chunk
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["orjson", "stdlib-json"])
+async def test_answers_parse_the_same_with_and_without_orjson(
+    api: Any, make_client: Any, monkeypatch: pytest.MonkeyPatch, fast: bool
+) -> None:
+    from braincircuits_async import _merge
+
+    if not fast:
+        monkeypatch.setattr(_merge, "_fast_loads", None)
+    # A value orjson refuses (an integer beyond 64 bits) falls back to the stdlib parser.
+    body = b'{"materialized_timestamp": 5, "results": {"1": {"n": 123456789012345678901234}}}'
+    api.post(PATH).mock(return_value=httpx.Response(200, content=body))
+    async with make_client() as client:
+        result = await client.fetch_property("link_pre", [1, 2])
+    assert result[1] == {"n": 123456789012345678901234}
+    assert result.missing == (2,)
+    assert result.materialized_timestamp == 5
