@@ -76,6 +76,28 @@ class ClientStats:
     refetches: int = 0
 
 
+class _Limiter:
+    """anyio's CapacityLimiter, minus the trip through the scheduler when a token is free.
+
+    At high latency each such trip lets every other ready task run first, which
+    delays the next request by their work.
+    """
+
+    __slots__ = ("_limiter",)
+
+    def __init__(self, total: int) -> None:
+        self._limiter = anyio.CapacityLimiter(total)
+
+    async def __aenter__(self) -> None:
+        try:
+            self._limiter.acquire_nowait()
+        except anyio.WouldBlock:
+            await self._limiter.acquire()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._limiter.release()
+
+
 class AsyncClient:
     """An async client for BrainCircuits.io segment properties.
 
@@ -133,7 +155,7 @@ class AsyncClient:
         backoff_max: float = 30.0,
         max_retry_after: float = 120.0,
         max_refetch_rounds: int = 3,
-        connections_per_pool: int = 2,
+        connections_per_pool: int = 8,
     ) -> None:
         url = resolve_base_url(base_url)
         check_base_url(url, custom_transport=transport is not None)
@@ -158,7 +180,7 @@ class AsyncClient:
         self._token = resolve_token(token)
         self._cave_token = resolve_cave_token(cave_token)
         self._http = ConnectionPools(self._config, transport)
-        self._limiter = anyio.CapacityLimiter(self._config.max_concurrency)
+        self._limiter = _Limiter(self._config.max_concurrency)
         #: Running totals of requests, retries, chunks and segments.
         self.stats = ClientStats()
 
@@ -317,7 +339,9 @@ class _Call:
         self._outstanding = len(chunks)
         for chunk in chunks:
             send.send_nowait(chunk)
-        workers = min(self.client._config.max_concurrency, len(chunks))
+        # Twice the bound: a worker waiting out a retry's backoff holds no slot, and
+        # another worker should use it meanwhile. The limiter still bounds requests.
+        workers = min(2 * self.client._config.max_concurrency, len(chunks))
         with send, receive:
             async with anyio.create_task_group() as group:
                 self._group = group
@@ -333,7 +357,18 @@ class _Call:
 
     async def _worker(self, receive: MemoryObjectReceiveStream[tuple[int, int]]) -> None:
         async with receive:
-            async for start, end in receive:
+            while True:
+                # Take queued work without a trip through the scheduler when there is
+                # some: at high latency every such trip delays the next request.
+                try:
+                    start, end = receive.receive_nowait()
+                except anyio.WouldBlock:
+                    try:
+                        start, end = await receive.receive()
+                    except anyio.EndOfStream:
+                        return
+                except anyio.EndOfStream:
+                    return
                 try:
                     await self._chunk(start, end)
                 except Exception as error:
@@ -437,6 +472,9 @@ class _Call:
             # error or a strict-mode disagreement cancels the rest before another
             # request can start. (Parsing here costs no concurrency: the event loop
             # is busy with it either way.)
+            # The fast paths above may not have passed a checkpoint: make sure a call
+            # that was stopped meanwhile (fatal error, strict mode) sends nothing more.
+            await anyio.lowlevel.checkpoint_if_cancelled()
             client.stats.requests += 1
             began = time.perf_counter()
             failure: BrainCircuitsError | None = None

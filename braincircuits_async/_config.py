@@ -173,7 +173,7 @@ class ClientConfig:
     max_refetch_rounds: int = 3
     #: Connections per httpx pool; the bound is spread over several pools (see
     #: ``_transport.ConnectionPools``: one big pool costs time quadratic in its size).
-    connections_per_pool: int = 2
+    connections_per_pool: int = 8
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def __post_init__(self) -> None:
