@@ -1,26 +1,26 @@
 """``AsyncClient``: bulk-fetch segment properties in concurrent, retried chunks.
 
 One call reads top to bottom in :meth:`AsyncClient.fetch_property`: validate
-and chunk (``_chunking``), send each chunk under the client's limiter with
-retry (``_retry``, ``_transport``), parse (``_merge``), re-fetch stale chunks
-until every chunk agrees on the materialization, then merge into one result
-(``_models``). The per-call state lives in :class:`_Call`.
+and chunk (``_chunking``), resolve the auth headers (``_transport``), then a
+:class:`~braincircuits_async._call.Call` sends each chunk under the client's
+limiter with retry (``_retry``), parses the answers (``_merge``), re-fetches
+stale chunks until every chunk agrees on the materialization, and merges them
+into one result (``_models``).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import math
-import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import anyio
 import httpx
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from ._call import Call, Reference, run_all
 from ._chunking import normalize_segments, validate_project, validate_property
 from ._config import (
     ClientConfig,
@@ -31,27 +31,11 @@ from ._config import (
     resolve_cave_token,
     resolve_token,
 )
-from ._exceptions import (
-    APIConnectionError,
-    APIStatusError,
-    APITimeoutError,
-    BrainCircuitsError,
-    IncompleteResultError,
-    InconsistentMaterializationError,
-    MalformedResponseError,
-)
-from ._merge import ChunkAnswer, newest_timestamp, parse_answer, stale_chunks
+from ._exceptions import BrainCircuitsError, IncompleteResultError
 from ._models import SegmentPropertyResult
 from ._progress import Progress, ProgressArg, Reporter, make_reporter
-from ._retry import RETRYABLE_STATUS, call_with_retry, is_fatal
-from ._transport import (
-    ENDPOINT,
-    AuthHeaders,
-    ConnectionPools,
-    auth_headers,
-    check_base_url,
-    error_for_status,
-)
+from ._stream import PropertyStream
+from ._transport import AuthHeaders, ConnectionPools, auth_headers, check_base_url
 
 __all__ = ["AsyncClient", "ClientStats"]
 
@@ -181,6 +165,8 @@ class AsyncClient:
         self._cave_token = resolve_cave_token(cave_token)
         self._http = ConnectionPools(self._config, transport)
         self._limiter = _Limiter(self._config.max_concurrency)
+        # Hosts the producers of iter_property streams: they must outlive a `break`.
+        self._tasks: anyio.abc.TaskGroup | None = None
         #: Running totals of requests, retries, chunks and segments.
         self.stats = ClientStats()
 
@@ -203,6 +189,9 @@ class AsyncClient:
 
     async def __aenter__(self) -> AsyncClient:
         await self._http.open()
+        tasks = anyio.create_task_group()
+        await tasks.__aenter__()
+        self._tasks = tasks
         return self
 
     async def __aexit__(
@@ -214,7 +203,11 @@ class AsyncClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connections. The client cannot be used afterwards."""
+        """Close the connections and stop any stream. The client cannot be used afterwards."""
+        tasks, self._tasks = self._tasks, None
+        if tasks is not None:
+            tasks.cancel_scope.cancel()
+            await tasks.__aexit__(None, None, None)
         await self._http.aclose()
 
     async def fetch_property(
@@ -249,368 +242,230 @@ class AsyncClient:
             APIStatusError, RateLimitError, APIConnectionError, MalformedResponseError:
                 every chunk failed, with this error.
         """
-        prop = validate_property(property)
-        proj = validate_project(project if project is not None else self._config.project)
-        if self._http.is_closed:
-            raise RuntimeError("this AsyncClient is closed; create a new one")
-        ids = normalize_segments(segments)
+        (prop,), proj, ids = self._prepare([property], segments, project)
         if not ids:
             return SegmentPropertyResult(
                 {}, property=prop, project=proj, materialized_timestamp=None
             )
         headers = auth_headers(self._token, self._cave_token, proj)
         reporter = make_reporter(progress, len(ids), prop)
-        call = _Call(self, prop, proj, ids, headers, reporter)
         try:
-            return await call.run()
+            return await Call(self, prop, proj, ids, headers, reporter=reporter).run()
         finally:
-            close = getattr(reporter, "close", None)
-            if close is not None:
-                close()
+            _close(reporter)
 
-
-class _Call:
-    """The state of one ``fetch_property`` call: chunk answers and failures by position.
-
-    A chunk is the slice ``ids[start:end]``; answers and failures are keyed by
-    ``start``, so 413 splits and re-fetches simply replace or add slices, and
-    merging in ``start`` order gives the request order back. A fixed pool of at
-    most ``max_concurrency`` workers takes slices from a queue, so memory does not
-    grow with the number of chunks.
-    """
-
-    def __init__(
+    async def fetch_properties(
         self,
-        client: AsyncClient,
-        prop: str,
-        project: str,
-        ids: list[int],
-        headers: AuthHeaders,
-        reporter: Reporter | None = None,
-    ) -> None:
-        self.client = client
-        self.prop = prop
-        self.project = project
-        self.ids = ids
-        self.reporter = reporter
-        path = ENDPOINT.format(property=prop)
-        self.url = httpx.URL(client._config.base_url + path, params={"project": project})
-        self.headers = AuthHeaders({**client._http.headers, **headers})
-        self.answers: dict[int, ChunkAnswer] = {}
-        self.failures: dict[int, tuple[int, BrainCircuitsError]] = {}
-        self.fatal: Exception | None = None
-        self.first_timestamp: int | None = None
-        self.inconsistent = False
-        self.refetching = False
-        self.done = 0
-        self.retries = 0
-        self.failed = 0
-        self._group: anyio.abc.TaskGroup | None = None
-        self._queue: MemoryObjectSendStream[tuple[int, int]] | None = None
-        self._outstanding = 0
+        properties: Iterable[str],
+        segments: Iterable[Any],
+        *,
+        project: str | None = None,
+        progress: ProgressArg = None,
+    ) -> dict[str, SegmentPropertyResult]:
+        """Fetch several properties of the same segments, all from one materialization.
 
-    async def run(self) -> SegmentPropertyResult:
-        config = self.client._config
-        size = config.chunk_size
-        await self._fetch(
-            [(s, min(s + size, len(self.ids))) for s in range(0, len(self.ids), size)]
-        )
-        if config.consistency == "refetch":
-            for round_number in range(1, config.max_refetch_rounds + 1):
-                stale = stale_chunks(self.answers.values())
-                if not stale:
-                    break
-                logger.info(
-                    "%s: %d chunk(s) are older than materialization %s; re-fetching (round %d)",
-                    self.prop,
-                    len(stale),
-                    newest_timestamp(self.answers.values()),
-                    round_number,
-                )
-                self.client.stats.refetches += len(stale)
-                self.refetching = True
-                await self._fetch([(a.start, a.end) for a in stale])
-        return self._finish()
+        All properties are fetched concurrently, under the same ``max_concurrency``
+        bound as everything else on this client, and checked against one
+        materialization: with ``consistency="refetch"`` the chunks of every
+        property that are older than the newest one seen are fetched again.
 
-    async def _fetch(self, chunks: list[tuple[int, int]]) -> None:
-        """Fetch ``chunks`` (and the halves of any that get a 413) with a worker pool."""
-        send, receive = anyio.create_memory_object_stream[tuple[int, int]](math.inf)
-        self._queue = send
-        self._outstanding = len(chunks)
-        for chunk in chunks:
-            send.send_nowait(chunk)
-        # Twice the bound: a worker waiting out a retry's backoff holds no slot, and
-        # another worker should use it meanwhile. The limiter still bounds requests.
-        workers = min(2 * self.client._config.max_concurrency, len(chunks))
-        with send, receive:
-            async with anyio.create_task_group() as group:
-                self._group = group
-                for _ in range(workers):
-                    group.start_soon(self._worker, receive.clone())
-        self._group = self._queue = None
-        if self.fatal is not None:
-            raise self.fatal
-        if self.inconsistent:
-            raise self._inconsistent(
-                "consistency='strict' and chunks came from different materializations"
+        >>> results = await client.fetch_properties(["size", "link_pre"], ids)  # doctest: +SKIP
+        >>> results["size"][720575940634474894]  # doctest: +SKIP
+        {'size': 1523434}
+
+        Returns:
+            ``{property: result}`` in the order the properties were given, every
+            result from the same ``materialized_timestamp``.
+
+        Raises:
+            The same errors as :meth:`fetch_property`. An :class:`IncompleteResultError`
+            or :class:`InconsistentMaterializationError` names the property in its
+            message; ``IncompleteResultError.results`` holds every property's result.
+        """
+        props, proj, ids = self._prepare(properties, segments, project)
+        if not ids:
+            return {
+                p: SegmentPropertyResult({}, property=p, project=proj, materialized_timestamp=None)
+                for p in props
+            }
+        headers = auth_headers(self._token, self._cave_token, proj)
+        reporter = make_reporter(progress, len(ids) * len(props), ",".join(props))
+        combined = _CombinedProgress(reporter, len(ids) * len(props)) if reporter else None
+        reference = Reference()
+        calls = [
+            Call(
+                self,
+                p,
+                proj,
+                ids,
+                headers,
+                reporter=combined.reporter_for(i) if combined else None,
+                reference=reference,
             )
-
-    async def _worker(self, receive: MemoryObjectReceiveStream[tuple[int, int]]) -> None:
-        async with receive:
-            while True:
-                # Take queued work without a trip through the scheduler when there is
-                # some: at high latency every such trip delays the next request.
-                try:
-                    start, end = receive.receive_nowait()
-                except anyio.WouldBlock:
-                    try:
-                        start, end = await receive.receive()
-                    except anyio.EndOfStream:
-                        return
-                except anyio.EndOfStream:
-                    return
-                try:
-                    await self._chunk(start, end)
-                except Exception as error:
-                    # A bug, or the user's progress callback failing: stop the call and
-                    # raise that error as it is, not wrapped in an exception group.
-                    self._abort(error)
-                    return
-                self._outstanding -= 1
-                if self._outstanding == 0 and self._queue is not None:
-                    self._queue.close()  # every slice is done: let the workers finish
-
-    def _describe(self, start: int, end: int) -> str:
-        return (
-            f"{self.prop} (project {self.project!r}) chunk ids[{start}:{end}] "
-            f"of {end - start} segment(s) from {self.ids[start]}"
-        )
-
-    async def _chunk(self, start: int, end: int) -> None:
-        """Fetch ``ids[start:end]`` with retries; record its answer or why it failed."""
-        client = self.client
-        client.stats.chunks += 1
-        describe = self._describe(start, end)
+            for i, p in enumerate(props)
+        ]
         try:
-            answer = await call_with_retry(
-                lambda: self._send(start, end, describe),
-                client._config.retry,
-                describe=describe,
-                on_retry=self._count_retry,
+            await run_all([call.first_pass for call in calls])
+            if self._config.consistency == "refetch":
+                for round_number in range(1, self._config.max_refetch_rounds + 1):
+                    target = max((t for c in calls if (t := c.newest()) is not None), default=None)
+                    stale = [
+                        c for c in calls if any(a.timestamp != target for a in c.answers.values())
+                    ]
+                    if not stale:
+                        break
+                    await run_all(
+                        [functools.partial(c.refetch_stale, target, round_number) for c in stale]
+                    )
+            return _settle(calls, self._config.consistency)
+        finally:
+            _close(reporter)
+
+    def iter_property(
+        self,
+        property: str,
+        segments: Iterable[Any],
+        *,
+        project: str | None = None,
+        progress: ProgressArg = None,
+    ) -> PropertyStream:
+        """Stream one property chunk by chunk, as each chunk's answer arrives.
+
+        Memory stays bounded by the chunks in flight, not by the number of
+        segments, so a pipeline can process millions of segments::
+
+            async with bca.AsyncClient(project="fruitfly_fafb_flywire") as client:
+                async for part in client.iter_property("link_pre", segment_ids):
+                    write(part)   # a SegmentPropertyResult for one chunk
+
+        Each item is a :class:`SegmentPropertyResult` covering one chunk, with its
+        own ``materialized_timestamp`` and ``missing``; chunks arrive in the order
+        they complete, not in request order. Breaking out of the loop cancels the
+        rest at once: no request is sent after it.
+
+        Consistency in a stream: the first chunk's materialization is the
+        reference, since chunks already handed on cannot be taken back.
+        ``"refetch"`` fetches an older chunk again (a lagging replica catches up)
+        and raises :class:`InconsistentMaterializationError` when a newer one shows
+        up (the chunks already yielded are stale); ``"strict"`` raises at any
+        other timestamp; ``"ignore"`` yields every chunk with its own timestamp
+        and logs the first disagreement. Chunks that fail for good raise
+        :class:`IncompleteResultError` at the end, after every other chunk.
+
+        The client must be open (``async with AsyncClient(...) as client``): the
+        stream's requests run in the client's own task group, which outlives a
+        ``break`` in the loop.
+        """
+        (prop,), proj, ids = self._prepare([property], segments, project)
+        if self._tasks is None:
+            raise RuntimeError(
+                "iter_property needs an open client: use it inside "
+                "`async with AsyncClient(...) as client:`"
             )
-        except APIStatusError as error:
-            if error.status_code == 413 and end - start > 1:
-                self._split(start, end)
-                return
-            self._fail(start, end, error)
-        except BrainCircuitsError as error:
-            self._fail(start, end, error)
+        headers = auth_headers(self._token, self._cave_token, proj) if ids else AuthHeaders()
+        reporter = make_reporter(progress, len(ids), prop) if ids else None
+        # As many buffered results as workers: a worker whose chunk is done need not
+        # wait for the reader, and results fetched before an error reach it first.
+        stream = PropertyStream(buffer=2 * self._config.max_concurrency)
+        producer = stream.producer
+        if ids:
+            call = Call(self, prop, proj, ids, headers, reporter=reporter, sink=producer.put)
+            self._tasks.start_soon(producer.run, call.run, lambda: _close(reporter))
         else:
-            self.answers[start] = answer
-            client.stats.segments += end - start
-        self._report(end - start)
+            producer.finish()
+        return stream
 
-    def _report(self, segments: int) -> None:
-        if self.refetching:
-            return  # re-fetched segments were already counted once
-        self.done += segments
-        if self.reporter is not None:
-            self.reporter(Progress(self.prop, self.done, len(self.ids), self.retries, self.failed))
-
-    def _count_retry(self, error: BaseException, wait: float) -> None:
-        self.client.stats.retries += 1
-        self.retries += 1
-
-    def _split(self, start: int, end: int) -> None:
-        """Answer a 413 by queueing both halves of the chunk as chunks of their own."""
-        middle = (start + end) // 2
-        logger.info("%s: too large (413); splitting in two", self._describe(start, end))
-        self.client.stats.splits += 1
-        self.answers.pop(start, None)
-        assert self._queue is not None
-        self._outstanding += 2
-        self._queue.send_nowait((start, middle))
-        self._queue.send_nowait((middle, end))
-
-    def _abort(self, error: Exception) -> None:
-        """Stop the whole call with ``error``; in-flight requests are cancelled."""
-        if self.fatal is None:
-            self.fatal = error
-        if self._group is not None:
-            self._group.cancel_scope.cancel()
-
-    def _fail(self, start: int, end: int, error: BrainCircuitsError) -> None:
-        if is_fatal(error):
-            # 401/403/404/422 or a redirect would fail every other chunk alike.
-            self._abort(error)
-            return
-        if isinstance(error, APIStatusError) and error.status_code in RETRYABLE_STATUS:
-            limit = self.client._config.retry.max_retry_after
-            if error.retry_after is not None and error.retry_after > limit:
-                error.args = (
-                    f"{error.args[0]}; the server asked to wait {error.retry_after:g} s, longer "
-                    f"than max_retry_after={limit:g} s, so the chunk was not retried",
-                )
-        logger.warning("%s failed for good: %s", self._describe(start, end), error)
-        self.failed += end - start
-        self.answers.pop(start, None)
-        self.failures[start] = (end, error)
-
-    async def _send(self, start: int, end: int, describe: str) -> ChunkAnswer:
-        """One request for ``ids[start:end]``: lower-layer errors become ours here."""
-        client = self.client
-        ids = self.ids[start:end]
-        keys = list(map(str, ids))
-        request = httpx.Request(
-            "POST",
-            self.url,
-            headers=self.headers,
-            content=('{"segments":[' + ",".join(keys) + "]}").encode(),
-        )
-        async with client._limiter:
-            # Everything up to the verdict happens while holding the slot, so a fatal
-            # error or a strict-mode disagreement cancels the rest before another
-            # request can start. (Parsing here costs no concurrency: the event loop
-            # is busy with it either way.)
-            # The fast paths above may not have passed a checkpoint: make sure a call
-            # that was stopped meanwhile (fatal error, strict mode) sends nothing more.
-            await anyio.lowlevel.checkpoint_if_cancelled()
-            client.stats.requests += 1
-            began = time.perf_counter()
-            failure: BrainCircuitsError | None = None
-            pools = client._http
-            slot = pools.take()
-            try:
-                response = await pools.client_for(slot).send(request)
-            except httpx.TimeoutException as error:
-                failure = APITimeoutError(
-                    f"{describe}: no answer within timeout={client._config.timeout:g} s "
-                    f"({type(error).__name__})"
-                )
-            except httpx.DecodingError as error:
-                failure = MalformedResponseError(
-                    f"{describe}: the answer could not be decoded ({error})", transient=True
-                )
-            except httpx.RequestError as error:
-                failure = APIConnectionError(
-                    f"{describe}: connection failed ({type(error).__name__}: {error})"
-                )
-            finally:
-                pools.give_back(slot)
-            if failure is not None:
-                # Raised outside the except block: the httpx error holds the request,
-                # whose headers carry the tokens, so it must not ride along as context.
-                raise failure
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug(
-                    "POST %s %s -> %d in %.3fs",
-                    self.url.path,
-                    describe,
-                    response.status_code,
-                    time.perf_counter() - began,
-                )
-            if response.status_code != 200:
-                failure = error_for_status(
-                    response, describe=describe, token=client._token, cave_token=client._cave_token
-                )
-                if is_fatal(failure):
-                    self._abort(failure)
-                raise failure
-            answer = parse_answer(response.content, ids, keys, start=start, describe=describe)
-            self._observe(answer)
-            return answer
-
-    def _observe(self, answer: ChunkAnswer) -> None:
-        """In strict mode, stop everything at the first answer from another materialization."""
-        if self.first_timestamp is None:
-            self.first_timestamp = answer.timestamp
-        elif (
-            answer.timestamp != self.first_timestamp and self.client._config.consistency == "strict"
-        ):
-            self.answers[answer.start] = answer  # keep it: the error reports what was fetched
-            self.inconsistent = True
-            if self._group is not None:
-                self._group.cancel_scope.cancel()
-
-    def _merged(self) -> tuple[dict[int, dict[str, Any]], list[int]]:
-        data: dict[int, dict[str, Any]] = {}
-        missing: list[int] = []
-        for start in sorted(self.answers):
-            answer = self.answers[start]
-            data.update(answer.items())
-            missing.extend(answer.missing)
-        return data, missing
-
-    def _result(self) -> SegmentPropertyResult:
-        data, missing = self._merged()
-        return SegmentPropertyResult(
-            data,
-            property=self.prop,
-            project=self.project,
-            materialized_timestamp=newest_timestamp(self.answers.values()),
-            missing=tuple(missing),
-        )
-
-    def _failure_reasons(self) -> tuple[dict[int, str], list[BrainCircuitsError]]:
-        errors: list[BrainCircuitsError] = []
-        failures: dict[int, str] = {}
-        for start in sorted(self.failures):
-            end, error = self.failures[start]
-            if error not in errors:
-                errors.append(error)
-            failures.update(dict.fromkeys(self.ids[start:end], str(error)))
-        return failures, errors
-
-    def _inconsistent(self, why: str) -> InconsistentMaterializationError:
-        timestamps = tuple(sorted({a.timestamp for a in self.answers.values()}))
-        segment_timestamps = {
-            segment: answer.timestamp
-            for answer in self.answers.values()
-            for segment, _ in answer.items()
-        }
-        failures, _ = self._failure_reasons()
-        advice = (
-            "raise max_refetch_rounds, or fetch again later"
-            if self.client._config.consistency == "refetch"
-            else "fetch again, or use consistency='refetch' to re-fetch stale chunks"
-        )
-        return InconsistentMaterializationError(
-            f"{self.prop} (project {self.project!r}): {why}: timestamps {list(timestamps)}. "
-            f"The dataset was re-materialized during the fetch; {advice}",
-            timestamps=timestamps,
-            result=self._result(),
-            segment_timestamps=segment_timestamps,
-            failures=failures,
-        )
-
-    def _finish(self) -> SegmentPropertyResult:
-        timestamps = {answer.timestamp for answer in self.answers.values()}
-        if len(timestamps) > 1:
-            if self.client._config.consistency != "ignore":
-                raise self._inconsistent(
-                    f"chunks still disagree after {self.client._config.max_refetch_rounds} "
-                    "re-fetch round(s)"
-                )
-            logger.warning(
-                "%s (project %r): chunks came from different materializations %s; "
-                "consistency='ignore' keeps them all and reports the newest",
-                self.prop,
-                self.project,
-                sorted(timestamps),
+    def _prepare(
+        self, properties: Iterable[str], segments: Iterable[Any], project: str | None
+    ) -> tuple[list[str], str, list[int]]:
+        """Validate everything before any request: names, project, ids, an open client."""
+        if isinstance(properties, str):
+            raise TypeError(
+                "properties must be a list of property names such as ['size', 'link_pre'], "
+                "not a single string"
             )
-        if not self.failures:
-            return self._result()
-        failures, errors = self._failure_reasons()
-        if not self.answers:
-            # Nothing succeeded, so nothing is lost by raising the error itself.
-            raise errors[0]
-        result = self._result()
-        raise IncompleteResultError(
-            f"{self.prop} (project {self.project!r}): {len(failures)} of {len(self.ids)} "
-            f"segment(s) could not be fetched ({len(self.failures)} chunk(s) failed; first: "
-            f"{errors[0]}). The {len(result) + len(result.missing)} fetched are in .result, "
-            "the failed ones in .failures",
-            result=result,
-            failures=failures,
-            errors=tuple(errors),
-        ) from errors[0]
+        props = list(dict.fromkeys(validate_property(p) for p in properties))
+        if not props:
+            raise ValueError("no property given: pass at least one, e.g. ['link_pre']")
+        proj = validate_project(project if project is not None else self._config.project)
+        if self._http.is_closed:
+            raise RuntimeError("this AsyncClient is closed; create a new one")
+        return props, proj, normalize_segments(segments)
+
+
+def _close(reporter: object) -> None:
+    close = getattr(reporter, "close", None)
+    if close is not None:
+        close()
+
+
+class _CombinedProgress:
+    """One progress report for several concurrent calls (``fetch_properties``)."""
+
+    def __init__(self, reporter: Reporter, total: int) -> None:
+        self.reporter = reporter
+        self.total = total
+        self.parts: dict[int, Progress] = {}
+
+    def reporter_for(self, index: int) -> Reporter:
+        def report(progress: Progress) -> None:
+            self.parts[index] = progress
+            parts = self.parts.values()
+            self.reporter(
+                Progress(
+                    ",".join(p.property for p in parts),
+                    sum(p.done for p in parts),
+                    self.total,
+                    sum(p.retries for p in parts),
+                    sum(p.failed for p in parts),
+                )
+            )
+
+        return report
+
+
+def _settle(calls: Sequence[Call], consistency: Consistency) -> dict[str, SegmentPropertyResult]:
+    """The results of several calls, checked against one materialization."""
+    timestamps = {a.timestamp for c in calls for a in c.answers.values()}
+    if len(timestamps) > 1:
+        if consistency != "ignore":
+            worst = next(
+                c
+                for c in calls
+                if len({a.timestamp for a in c.answers.values()}) > 1
+                or c.newest() != max(timestamps)
+            )
+            raise worst.inconsistent_error(
+                f"the properties {[c.prop for c in calls]} came from materializations "
+                f"{sorted(timestamps)}"
+            )
+        logger.warning(
+            "properties %s came from different materializations %s; consistency='ignore' "
+            "keeps them all",
+            [c.prop for c in calls],
+            sorted(timestamps),
+        )
+    failing = [c for c in calls if c.failures]
+    if not failing:
+        return {c.prop: c.result() for c in calls}
+    results = {c.prop: c.result() for c in calls}
+    failures: dict[int, str] = {}
+    errors: list[BrainCircuitsError] = []
+    for call in failing:
+        reasons, call_errors = call.failure_reasons()
+        for segment, reason in reasons.items():
+            failures[segment] = (
+                f"{failures[segment]}; {call.prop}: {reason}"
+                if segment in failures
+                else f"{call.prop}: {reason}"
+            )
+        errors.extend(e for e in call_errors if e not in errors)
+    first = failing[0]
+    raise IncompleteResultError(
+        f"{len(failures)} segment(s) could not be fetched for "
+        f"{[c.prop for c in failing]} (first: {errors[0]}); everything else is in .results",
+        result=results[first.prop],
+        failures=failures,
+        errors=tuple(errors),
+        results=results,
+    ) from errors[0]

@@ -164,7 +164,10 @@ class IncompleteResultError(BrainCircuitsError):
     ``result`` is the merged result of every chunk that succeeded (nothing
     fetched is thrown away); ``failures`` maps each segment that could not be
     fetched to the reason, as text; ``errors`` holds the distinct underlying
-    exceptions, the first of which is also ``__cause__``.
+    exceptions, the first of which is also ``__cause__``. From
+    ``fetch_properties``, ``results`` holds every property's result and
+    ``result`` that of the first property that failed; reasons then start with
+    the property's name.
     """
 
     def __init__(
@@ -174,8 +177,12 @@ class IncompleteResultError(BrainCircuitsError):
         result: SegmentPropertyResult,
         failures: Mapping[int, str],
         errors: tuple[BrainCircuitsError, ...],
+        results: Mapping[str, SegmentPropertyResult] | None = None,
     ) -> None:
         super().__init__(message)
         self.result = result
         self.failures = failures
         self.errors = errors
+        self.results: Mapping[str, SegmentPropertyResult] = (
+            {result.property: result} if results is None else results
+        )
