@@ -82,8 +82,12 @@ def ideal(n: int, chunk_size: int, concurrency: int, seconds_per_request: float)
     return math.ceil(math.ceil(n / chunk_size) / concurrency) * seconds_per_request
 
 
-def measure(spec: dict[str, Any], repeats: int = 1) -> dict[str, Any]:
-    """Median of ``repeats`` fresh-process runs of one contender."""
+def measure(spec: dict[str, Any], repeats: int = 1, *, best: bool = False) -> dict[str, Any]:
+    """Median (or, with ``best``, the fastest) of ``repeats`` fresh-process runs.
+
+    CPU-bound runs use the fastest: on this shared 2-core machine their times
+    vary by up to 2x from run to run, and the minimum is the least disturbed.
+    """
     runs = []
     for _ in range(repeats):
         out = subprocess.run(
@@ -95,9 +99,10 @@ def measure(spec: dict[str, Any], repeats: int = 1) -> dict[str, Any]:
         if out.returncode != 0:
             raise RuntimeError(f"{spec['contender']} failed:\n{out.stderr[-3000:]}")
         runs.append(json.loads(out.stdout))
-    best = sorted(runs, key=lambda r: r["wall"])[len(runs) // 2]
-    best["walls"] = [r["wall"] for r in runs]
-    return best
+    ordered = sorted(runs, key=lambda r: r["wall"])
+    chosen = ordered[0] if best else ordered[len(runs) // 2]
+    chosen["walls"] = [r["wall"] for r in runs]
+    return chosen
 
 
 def log(message: str) -> None:
@@ -134,9 +139,12 @@ def head_to_head(plan: Plan, latency_ms: float) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     with fake_server(latency_ms=latency_ms) as url:
         measure(spec(url, plan, "client"))  # warm the server up
+        cpu_bound = latency_ms == 0
         for name in contenders():
-            repeats = 1 if name == "naive" else plan.repeats
-            result = measure(spec(url, plan, name), repeats)
+            repeats = 1 if name == "naive" and not cpu_bound else plan.repeats
+            if cpu_bound:
+                repeats = 2 * plan.repeats - 1
+            result = measure(spec(url, plan, name), repeats, best=cpu_bound)
             rows[name] = result
             log(f"  {name:15s} wall {result['wall']:.3f} s  cpu {result['cpu']:.3f} s")
     best = ideal(plan.n, plan.chunk_size, plan.concurrency, latency_ms / 1000)

@@ -100,6 +100,7 @@ class Call:
         self._warned_mixed = False
         self._group: anyio.abc.TaskGroup | None = None
         self._queue: MemoryObjectSendStream[tuple[int, int]] | None = None
+        self._receive: MemoryObjectReceiveStream[tuple[int, int]] | None = None
         self._outstanding = 0
 
     # --- the phases ----------------------------------------------------------------
@@ -185,15 +186,16 @@ class Call:
         self._outstanding = len(chunks)
         for chunk in chunks:
             send.send_nowait(chunk)
-        # Twice the bound: a worker waiting out a retry's backoff holds no slot, and
-        # another worker should use it meanwhile. The limiter still bounds requests.
-        workers = min(2 * self.config.max_concurrency, len(chunks))
+        # One worker per slot; a worker waiting out a backoff lends its slot to a
+        # stand-in (see `_count_retry`). More workers than slots would contend for
+        # the limiter on every request, which costs ~15 % CPU at full speed.
+        workers = min(self.config.max_concurrency, len(chunks))
         with send, receive:
             async with anyio.create_task_group() as group:
-                self._group = group
+                self._group, self._receive = group, receive
                 for _ in range(workers):
                     group.start_soon(self._worker, receive.clone())
-        self._group = self._queue = None
+        self._group = self._queue = self._receive = None
         if self.fatal is not None:
             raise self.fatal
         if self.inconsistent:
@@ -215,17 +217,33 @@ class Call:
                         return
                 except anyio.EndOfStream:
                     return
-                try:
-                    await self._chunk(start, end)
-                except Exception as error:
-                    # A bug, the user's progress callback failing, or a stream whose
-                    # reader went away: stop the call and raise that error as it is,
-                    # not wrapped in an exception group.
-                    self.abort(error)
+                if not await self._process(start, end):
                     return
-                self._outstanding -= 1
-                if self._outstanding == 0 and self._queue is not None:
-                    self._queue.close()  # every slice is done: let the workers finish
+
+    async def _stand_in(self, until: float) -> None:
+        """Use a slot whose worker waits out a backoff, until that wait is over."""
+        while anyio.current_time() < until and self._receive is not None:
+            try:
+                start, end = self._receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                return
+            if not await self._process(start, end):
+                return
+
+    async def _process(self, start: int, end: int) -> bool:
+        """Fetch one queued chunk and do the bookkeeping; False if the call is over."""
+        try:
+            await self._chunk(start, end)
+        except Exception as error:
+            # A bug, the user's progress callback failing, or a stream whose reader
+            # went away: stop the call and raise that error as it is, not wrapped in
+            # an exception group.
+            self.abort(error)
+            return False
+        self._outstanding -= 1
+        if self._outstanding == 0 and self._queue is not None:
+            self._queue.close()  # every slice is done: let the workers finish
+        return True
 
     def _describe(self, start: int, end: int) -> str:
         return (
@@ -269,8 +287,11 @@ class Call:
             self.reporter(Progress(self.prop, self.done, len(self.ids), self.retries, self.failed))
 
     def _count_retry(self, error: BaseException, wait: float) -> None:
+        """Before a retry's wait: count it, and lend the idle slot to a stand-in."""
         self.client.stats.retries += 1
         self.retries += 1
+        if wait > 0 and self._group is not None:
+            self._group.start_soon(self._stand_in, anyio.current_time() + wait)
 
     def _queue_again(self, start: int, end: int) -> None:
         assert self._queue is not None
