@@ -25,6 +25,8 @@ from ._exceptions import (
 )
 from ._models import SegmentPropertyResult
 from ._progress import Progress
+from ._stream import PropertyStream
+from ._sync import fetch_property
 from ._version import __version__
 
 __all__ = [
@@ -42,10 +44,12 @@ __all__ = [
     "InvalidSegmentError",
     "MalformedResponseError",
     "Progress",
+    "PropertyStream",
     "RateLimitError",
     "RetryPolicy",
     "SegmentPropertyResult",
     "__version__",
+    "fetch_property",
 ]
 
 # Public names say where users import them from, as httpx does.

@@ -1,22 +1,30 @@
-"""The ``braincircuits-async`` command: ``demo`` and ``fake-server``.
+"""The ``braincircuits-async`` command: ``fetch``, ``demo`` and ``fake-server``.
 
-The CLI never prints a token: it names the environment variables instead.
+The CLI never prints a token and takes none on its command line (where shell
+history would keep it): tokens come from the environment, as for the library.
+Exit codes: 0 success, 1 some segments failed (the rest are written), 2 bad
+usage, bad input or a token problem.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import random
 import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TextIO
 
 import anyio
 
 from ._client import AsyncClient
-from ._exceptions import BrainCircuitsError
+from ._exceptions import AuthenticationError, BrainCircuitsError, IncompleteResultError
+from ._export import FORMATS, read_ids, write_csv, write_jsonl, write_parquet
+from ._models import SegmentPropertyResult
 from ._version import __version__
 
 __all__ = ["main"]
@@ -107,6 +115,63 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    fetch = commands.add_parser(
+        "fetch",
+        help="fetch one property of the segment ids in a file, to JSON lines, CSV or Parquet",
+        description="Fetch PROPERTY for every segment id in the --ids file (one id per "
+        "line; blank lines and # comments are skipped) and write one record per segment. "
+        "Tokens come from BRAINCIRCUITS_TOKEN and BRAINCIRCUITS_CAVE_TOKEN (or CAVE_TOKEN, "
+        "or CAVEclient's secret file), the address from BRAINCIRCUITS_URL. Exit status: "
+        "0 all fetched, 1 some segments failed (the others are written), 2 bad usage, "
+        "bad ids or a token problem.",
+    )
+    fetch.add_argument("property", help="the property, e.g. link_pre, size, connectivity")
+    fetch.add_argument("--project", required=True, help="the project, e.g. fruitfly_fafb_flywire")
+    fetch.add_argument(
+        "--ids",
+        metavar="FILE",
+        help="file of segment ids, one per line; '-' (or a bare '-' anywhere after "
+        "fetch) reads standard input",
+    )
+    fetch.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        help="file to write (default: standard output); an existing file is kept "
+        "unless --force is given",
+    )
+    fetch.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="jsonl: one JSON object per segment; csv: one column per field, nested "
+        "values as JSON text; parquet: needs -o and the 'parquet' extra (default: from "
+        "the extension of OUT, else jsonl)",
+    )
+    fetch.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    fetch.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on standard error (default: on when it is a terminal)",
+    )
+    fetch.add_argument(
+        "--chunk-size", type=_positive_int, default=500, help="ids per request (default: 500)"
+    )
+    fetch.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=8,
+        help="requests in flight at once (default: 8)",
+    )
+    fetch.add_argument(
+        "--base-url",
+        default=None,
+        help="API address (default: BRAINCIRCUITS_URL, else https://api.braincircuits.io)",
+    )
+    fetch.add_argument(
+        "-v", "--verbose", action="store_true", help="log each retry on standard error"
+    )
+
     demo = commands.add_parser(
         "demo",
         help="bulk-fetch from the bundled fake server over loopback and check every value",
@@ -182,16 +247,102 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    args = _build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["fetch"] and "-" in words:
+        # A bare "-" means the ids come from standard input (argparse cannot place an
+        # optional positional after options, so it becomes --ids -).
+        at = words.index("-")
+        if words[at - 1] not in ("--ids", "-o", "--output"):
+            words[at : at + 1] = ["--ids", "-"]
+    args = _build_parser().parse_args(words)
     try:
+        if args.command == "fetch":
+            return _fetch(args, sys.stdin, sys.stdout, sys.stderr)
         if args.command == "demo":
             return _demo(args, sys.stdout, sys.stderr)
         return _fake_server(args, sys.stderr)
-    except (ImportError, ValueError) as error:
+    except (ImportError, OSError, ValueError, TypeError, AuthenticationError) as error:
         print(f"braincircuits-async: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _fetch(args: argparse.Namespace, stdin: TextIO, out: TextIO, err: TextIO) -> int:
+    """``braincircuits-async fetch``: ids from a file, results to a file or stdout."""
+    source = args.ids
+    if source is None:
+        raise ValueError("give the ids with --ids FILE, or '-' to read standard input")
+    output = Path(args.output) if args.output else None
+    fmt = args.format or (
+        output.suffix.lstrip(".").lower()
+        if output is not None and output.suffix.lstrip(".").lower() in FORMATS
+        else "jsonl"
+    )
+    if fmt == "parquet" and output is None:
+        raise ValueError("--format parquet writes a file: give it with -o OUT")
+    if output is not None and output.exists() and not args.force:
+        raise ValueError(f"{output} exists; pass --force to overwrite it")
+    if source == "-":
+        ids = read_ids(stdin, "standard input")
+    else:
+        with open(source, encoding="utf-8") as lines:
+            ids = read_ids(lines, source)
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, stream=err, format="%(message)s")
+    progress = err.isatty() if args.progress is None else args.progress
+
+    async def fetch() -> tuple[SegmentPropertyResult, dict[int, str]]:
+        async with AsyncClient(
+            base_url=args.base_url,
+            project=args.project,
+            chunk_size=args.chunk_size,
+            max_concurrency=args.concurrency,
+        ) as client:
+            try:
+                result = await client.fetch_property(args.property, ids, progress=progress)
+            except IncompleteResultError as error:
+                return error.result, dict(error.failures)
+            return result, {}
+
+    try:
+        result, failures = anyio.run(fetch)
+    except AuthenticationError:
+        raise
+    except BrainCircuitsError as error:
+        print(f"braincircuits-async: {type(error).__name__}: {error}", file=err)
+        return 1
+    _write(result, fmt, output, out)
+    print(
+        f"{len(result):,} segment(s) written, {len(result.missing):,} unknown to the server, "
+        f"{len(failures):,} failed; materialized_timestamp {result.materialized_timestamp}",
+        file=err,
+    )
+    if failures:
+        reasons = sorted(set(failures.values()))
+        print(
+            f"failed: {reasons[0]}" + (f" (+{len(reasons) - 1} more)" if reasons[1:] else ""),
+            file=err,
+        )
+        return 1
+    return 0
+
+
+def _write(result: SegmentPropertyResult, fmt: str, output: Path | None, out: TextIO) -> None:
+    """Write to ``output`` through a temporary file (no half-written file on failure)."""
+    if output is None:
+        (write_csv if fmt == "csv" else write_jsonl)(result, out)
+        return
+    partial = output.with_name(f".{output.name}.partial")
+    try:
+        if fmt == "parquet":
+            write_parquet(result, partial)
+        else:
+            with open(partial, "w", encoding="utf-8", newline="") as stream:
+                (write_csv if fmt == "csv" else write_jsonl)(result, stream)
+        os.replace(partial, output)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _fake_server(args: argparse.Namespace, err: TextIO) -> int:
@@ -255,8 +406,6 @@ def _demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if isinstance(result, BrainCircuitsError):
         print(f"FAILED: {type(result).__name__}: {result}", file=out)
         return 1
-
-    from ._models import SegmentPropertyResult
 
     assert isinstance(result, SegmentPropertyResult)
     truth = fake.expected_results(args.property, ids)

@@ -113,7 +113,9 @@ class AsyncClient:
             the newest timestamp and logs a warning.
         transport: an ``httpx.AsyncBaseTransport`` (e.g. ``httpx.ASGITransport``
             around the fake server) instead of the network.
-        backoff_base, backoff_max: exponential backoff with full jitter, in seconds.
+        backoff_base: the first retry waits up to this many seconds (full jitter);
+            each further retry doubles the bound.
+        backoff_max: the longest backoff wait, in seconds.
         max_retry_after: longest ``Retry-After`` (seconds) the client will honour;
             a longer one fails the chunk with the server's wait in the message.
         max_refetch_rounds: rounds of re-fetching stale chunks in ``"refetch"`` mode.
@@ -269,18 +271,22 @@ class AsyncClient:
         materialization: with ``consistency="refetch"`` the chunks of every
         property that are older than the newest one seen are fetched again.
 
-        >>> results = await client.fetch_properties(["size", "link_pre"], ids)  # doctest: +SKIP
-        >>> results["size"][720575940634474894]  # doctest: +SKIP
-        {'size': 1523434}
+        Example::
+
+            results = await client.fetch_properties(["size", "link_pre"], ids)
+            sizes = results["size"]  # a SegmentPropertyResult
 
         Returns:
             ``{property: result}`` in the order the properties were given, every
             result from the same ``materialized_timestamp``.
 
         Raises:
-            The same errors as :meth:`fetch_property`. An :class:`IncompleteResultError`
-            or :class:`InconsistentMaterializationError` names the property in its
-            message; ``IncompleteResultError.results`` holds every property's result.
+            IncompleteResultError: some chunks of some property failed for good; its
+                ``results`` hold every property's result, and each reason in
+                ``failures`` starts with the property's name.
+            InconsistentMaterializationError: the properties (or chunks) kept
+                disagreeing on the materialization.
+            BrainCircuitsError: the other errors of :meth:`fetch_property`.
         """
         props, proj, ids = self._prepare(properties, segments, project)
         if not ids:

@@ -6,10 +6,13 @@ Defaults live here and nowhere else. Tokens are not settings: they live in
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 __all__ = [
@@ -28,6 +31,11 @@ DEFAULT_BASE_URL = "https://api.braincircuits.io"
 
 #: Projects managed by CAVE, for which the server wants the CAVE token too.
 CAVE_PROJECTS = frozenset({"fruitfly_fafb_flywire", "fruitfly_fanc_cave"})
+
+#: The CAVE server whose secret file wins when CAVEclient left several (FlyWire's).
+CAVE_DEFAULT_SERVER = "global.daf-apis.com"
+
+logger = logging.getLogger("braincircuits_async")
 
 Consistency = Literal["refetch", "strict", "ignore"]
 CONSISTENCY_MODES: tuple[str, ...] = ("refetch", "strict", "ignore")
@@ -105,10 +113,48 @@ def resolve_token(value: str | None, environ: Mapping[str, str] | None = None) -
 
 
 def resolve_cave_token(
-    value: str | None, environ: Mapping[str, str] | None = None
+    value: str | None,
+    environ: Mapping[str, str] | None = None,
+    secrets_dir: Path | None = None,
 ) -> Secret | None:
-    """The CAVE token: ``cave_token=``, else ``BRAINCIRCUITS_CAVE_TOKEN``, else ``CAVE_TOKEN``."""
-    return _secret(value, "cave_token", CAVE_TOKEN_ENV, environ)
+    """The CAVE token, from the first of these that has one:
+
+    1. the ``cave_token=`` argument;
+    2. the environment variable ``BRAINCIRCUITS_CAVE_TOKEN``, then ``CAVE_TOKEN``;
+    3. CAVEclient's secret file ``~/.cloudvolume/secrets/cave-secret.json`` (key
+       ``token``), then a server-specific ``*-cave-secret.json`` there (FlyWire's
+       ``global.daf-apis.com-cave-secret.json`` first, then by name).
+    """
+    secret = _secret(value, "cave_token", CAVE_TOKEN_ENV, environ)
+    if secret is not None:
+        return secret
+    return _from_cave_secret_files(
+        Path.home() / ".cloudvolume" / "secrets" if secrets_dir is None else secrets_dir
+    )
+
+
+def _from_cave_secret_files(folder: Path) -> Secret | None:
+    """The token in CAVEclient's secret files, if any (unreadable files are skipped)."""
+    try:
+        specific = sorted(folder.glob("*-cave-secret.json"))
+    except OSError:
+        return None
+    preferred = folder / f"{CAVE_DEFAULT_SERVER}-cave-secret.json"
+    candidates = [folder / "cave-secret.json", preferred] + [
+        path for path in specific if path != preferred
+    ]
+    for path in candidates:
+        try:
+            token = json.loads(path.read_text(encoding="utf-8")).get("token")
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, AttributeError):
+            logger.warning("skipping CAVE secret file %s: not a JSON object with a token", path)
+            continue
+        if isinstance(token, str) and token.strip():
+            _check_token_text(token.strip(), f"the CAVE secret file {path}")
+            return Secret(token.strip(), str(path))
+    return None
 
 
 def resolve_base_url(value: str | None, environ: Mapping[str, str] | None = None) -> str:

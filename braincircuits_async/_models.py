@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["SegmentPropertyResult"]
 
@@ -73,6 +76,40 @@ class SegmentPropertyResult(Mapping[int, dict[str, Any]]):
         return super().__eq__(other)
 
     __hash__ = None  # type: ignore[assignment]
+
+    def to_pandas(self, *, include_missing: bool = False) -> pd.DataFrame:
+        """One row per segment, indexed by ``segment_id`` (int64), a column per field.
+
+        Scalar fields get typed columns (int64, float64, bool, string); nested
+        ones (lists, objects, such as ``connectivity``'s partner lists) stay Python
+        objects. ``include_missing=True`` adds the unknown ids as rows of missing
+        values (integer columns then use pandas' nullable ``Int64``). Needs the
+        ``pandas`` extra::
+
+            >>> result.to_pandas().head()  # doctest: +SKIP
+                                nr_pre  nr_downstream_partner
+            segment_id
+            720575940634474894    3847                   1772
+        """
+        from ._tables import segments_frame
+
+        return segments_frame(self._data, self.missing, include_missing=include_missing)
+
+    def to_edges(self) -> pd.DataFrame:
+        """The ``connectivity`` property as a long table ``pre``, ``post``,
+        ``synaptic_count``: one row per edge, ids as int64, each edge once even
+        when both of its ends were requested. Ready for ``networkx`` or ``navis``::
+
+            >>> edges = result.to_edges()  # doctest: +SKIP
+            >>> graph = networkx.from_pandas_edgelist(  # doctest: +SKIP
+            ...     edges, "pre", "post", "synaptic_count", create_using=networkx.DiGraph
+            ... )
+
+        Raises ``ValueError`` for other properties. Needs the ``pandas`` extra.
+        """
+        from ._tables import edges_frame
+
+        return edges_frame(self._data)
 
     def __repr__(self) -> str:
         return (

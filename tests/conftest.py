@@ -28,8 +28,9 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests never see the developer's own tokens or endpoint."""
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never see the developer's own tokens, CAVE secret files or endpoint."""
+    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
     for name in (
         "BRAINCIRCUITS_TOKEN",
         "BRAINCIRCUITS_CAVE_TOKEN",
