@@ -13,6 +13,7 @@ materialization reference, and ``iter_property`` one whose answers go to a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -29,6 +30,7 @@ from ._exceptions import (
     APIStatusError,
     APITimeoutError,
     BrainCircuitsError,
+    DeadlineExceededError,
     IncompleteResultError,
     InconsistentMaterializationError,
     MalformedResponseError,
@@ -76,6 +78,7 @@ class Call:
         reporter: Reporter | None = None,
         reference: Reference | None = None,
         sink: Sink | None = None,
+        deadline: float | None = None,
     ) -> None:
         self.client = client
         self.config = client.config
@@ -85,6 +88,8 @@ class Call:
         self.reporter = reporter
         self.reference = reference if reference is not None else Reference()
         self.sink = sink
+        self.deadline = deadline
+        self._delivered: list[tuple[int, int]] = []  # streaming: slices handed on
         path = ENDPOINT.format(property=prop)
         self.url = httpx.URL(self.config.base_url + path, params={"project": project})
         self.headers = AuthHeaders({**client._http.headers, **headers})
@@ -107,12 +112,43 @@ class Call:
 
     async def run(self) -> SegmentPropertyResult:
         """Fetch everything, settle the materialization, return the merged result."""
-        await self.first_pass()
-        if self.config.consistency == "refetch":
-            for round_number in range(1, self.config.max_refetch_rounds + 1):
-                if not await self.refetch_stale(self.newest(), round_number):
-                    break
+        limit = math.inf if self.deadline is None else self.deadline
+        with anyio.move_on_after(limit) as scope:
+            await self.first_pass()
+            if self.config.consistency == "refetch":
+                for round_number in range(1, self.config.max_refetch_rounds + 1):
+                    if not await self.refetch_stale(self.newest(), round_number):
+                        break
+        if scope.cancelled_caught:
+            self.deadline_passed(limit)
         return self.finish()
+
+    def deadline_passed(self, seconds: float) -> None:
+        """Record every slice not fetched in time as failed because of the deadline."""
+        error = DeadlineExceededError(
+            f"{self.prop} (project {self.project!r}): deadline={seconds:g} s passed before "
+            "this chunk was fetched; fetch these segments again, or allow more time"
+        )
+        for start, end in self._uncovered():
+            self.failures[start] = (end, error)
+            self.failed += end - start
+
+    def _uncovered(self) -> list[tuple[int, int]]:
+        """The slices of ``ids`` with neither an answer nor a recorded failure."""
+        spans = sorted(
+            [(a.start, a.end) for a in self.answers.values()]
+            + [(start, end) for start, (end, _) in self.failures.items()]
+            + self._delivered
+        )
+        gaps = []
+        position = 0
+        for start, end in spans:
+            if start > position:
+                gaps.append((position, start))
+            position = max(position, end)
+        if position < len(self.ids):
+            gaps.append((position, len(self.ids)))
+        return gaps
 
     async def first_pass(self) -> None:
         size = self.config.chunk_size
@@ -159,7 +195,11 @@ class Call:
         if not self.failures:
             return self.result()
         failures, errors = self.failure_reasons()
-        if not self.answers and self.sink is None:
+        if (
+            not self.answers
+            and self.sink is None
+            and not isinstance(errors[0], DeadlineExceededError)
+        ):
             # Nothing succeeded, so nothing is lost by raising the error itself.
             raise errors[0]
         result = self.result()
@@ -256,16 +296,25 @@ class Call:
         stats = self.client.stats
         stats.chunks += 1
         describe = self._describe(start, end)
+        splittable = end - start > 1
         try:
             answer = await call_with_retry(
                 lambda: self._send(start, end, describe),
                 self.config.retry,
                 describe=describe,
                 on_retry=self._count_retry,
+                # Two timeouts in a row on a chunk that can be split: it is likely too
+                # big to answer in time, so halve it rather than wait out every retry.
+                timeouts_before_giving_up=2 if splittable else None,
             )
         except APIStatusError as error:
-            if error.status_code == 413 and end - start > 1:
-                self._split(start, end)
+            if error.status_code == 413 and splittable:
+                self._split(start, end, "too large (413)")
+                return
+            self._fail(start, end, error)
+        except APITimeoutError as error:
+            if splittable:
+                self._split(start, end, "timed out twice")
                 return
             self._fail(start, end, error)
         except BrainCircuitsError as error:
@@ -298,10 +347,10 @@ class Call:
         self._outstanding += 1
         self._queue.send_nowait((start, end))
 
-    def _split(self, start: int, end: int) -> None:
-        """Answer a 413 by queueing both halves of the chunk as chunks of their own."""
+    def _split(self, start: int, end: int, why: str) -> None:
+        """Queue both halves of the chunk as chunks of their own (a 413, or timeouts)."""
         middle = (start + end) // 2
-        logger.info("%s: too large (413); splitting in two", self._describe(start, end))
+        logger.info("%s: %s; splitting in two", self._describe(start, end), why)
         self.client.stats.splits += 1
         self.answers.pop(start, None)
         self._queue_again(start, middle)
@@ -342,7 +391,8 @@ class Call:
             headers=self.headers,
             content=('{"segments":[' + ",".join(keys) + "]}").encode(),
         )
-        async with client._limiter:
+        gate = client._limiter
+        async with gate as sent_at:
             # Everything up to the verdict happens while holding the slot, so a fatal
             # error or a strict-mode disagreement cancels the rest before another
             # request can start. (Parsing here costs no concurrency: the event loop
@@ -350,12 +400,15 @@ class Call:
             # checkpoint: a call stopped meanwhile must send nothing more.
             await anyio.lowlevel.checkpoint_if_cancelled()
             client.stats.requests += 1
-            began = time.perf_counter()
             failure: BrainCircuitsError | None = None
             pools = client._http
             slot = pools.take()
             try:
-                response = await pools.client_for(slot).send(request)
+                response = await pools.client_for(slot).send(request, stream=True)
+                try:
+                    body = await _read_capped(response, self.config.max_response_bytes)
+                finally:
+                    await response.aclose()
             except httpx.TimeoutException as error:
                 failure = APITimeoutError(
                     f"{describe}: no answer within timeout={self.config.timeout:g} s "
@@ -381,16 +434,28 @@ class Call:
                     self.url.path,
                     describe,
                     response.status_code,
-                    time.perf_counter() - began,
+                    time.monotonic() - sent_at,
+                )
+            if body is None:
+                raise MalformedResponseError(
+                    f"{describe}: the answer is larger than max_response_bytes="
+                    f"{self.config.max_response_bytes:,}; lower chunk_size, or raise the cap"
                 )
             if response.status_code != 200:
+                if response.status_code == 429:
+                    gate.throttled(sent_at)
                 failure = error_for_status(
-                    response, describe=describe, token=client._token, cave_token=client._cave_token
+                    response,
+                    body,
+                    describe=describe,
+                    token=client._token,
+                    cave_token=client._cave_token,
                 )
                 if is_fatal(failure):
                     self.abort(failure)
                 raise failure
-            answer = parse_answer(response.content, ids, keys, start=start, describe=describe)
+            gate.succeeded()
+            answer = parse_answer(body, ids, keys, start=start, describe=describe)
             self._observe(answer)
             return answer
 
@@ -453,6 +518,7 @@ class Call:
                 )
         assert self.sink is not None
         await self.sink(self.chunk_result(answer))
+        self._delivered.append((answer.start, answer.end))
         return True
 
     def _stream_disagreement(
@@ -527,6 +593,23 @@ class Call:
             segment_timestamps=self.segment_timestamps(),
             failures=failures,
         )
+
+
+async def _read_capped(response: httpx.Response, cap: int) -> bytes | None:
+    """The body, or None if it is longer than ``cap`` bytes (a runaway answer)."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > cap:
+        return None
+    pieces = []
+    size = 0
+    # aclosing: stopping early must close httpx's body generators now, not at GC.
+    async with contextlib.aclosing(response.aiter_bytes()) as body:
+        async for piece in body:
+            size += len(piece)
+            if size > cap:
+                return None
+            pieces.append(piece)
+    return b"".join(pieces)
 
 
 async def run_all(jobs: list[Callable[[], Awaitable[Any]]]) -> None:

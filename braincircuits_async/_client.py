@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -32,6 +33,7 @@ from ._config import (
     resolve_token,
 )
 from ._exceptions import BrainCircuitsError, IncompleteResultError
+from ._limits import RequestGate
 from ._models import SegmentPropertyResult
 from ._progress import Progress, ProgressArg, Reporter, make_reporter
 from ._stream import PropertyStream
@@ -58,28 +60,6 @@ class ClientStats:
     segments: int = 0
     splits: int = 0
     refetches: int = 0
-
-
-class _Limiter:
-    """anyio's CapacityLimiter, minus the trip through the scheduler when a token is free.
-
-    At high latency each such trip lets every other ready task run first, which
-    delays the next request by their work.
-    """
-
-    __slots__ = ("_limiter",)
-
-    def __init__(self, total: int) -> None:
-        self._limiter = anyio.CapacityLimiter(total)
-
-    async def __aenter__(self) -> None:
-        try:
-            self._limiter.acquire_nowait()
-        except anyio.WouldBlock:
-            await self._limiter.acquire()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._limiter.release()
 
 
 class AsyncClient:
@@ -122,6 +102,15 @@ class AsyncClient:
         connections_per_pool: connections per httpx pool; ``max_concurrency`` is
             spread over several pools of this size, because one large httpx pool
             slows down with the square of its size (see ``docs/performance.md``).
+        adaptive_concurrency: on a 429, halve the number of requests in flight for
+            the whole client (at most once per round of requests), then grow it back
+            slowly while answers succeed; between 1 and ``max_concurrency``.
+        max_requests_per_second: start at most this many requests per second
+            (client-side rate limit; default: none).
+        max_response_bytes: the largest answer body the client reads (default
+            256 MiB); a larger one fails its chunk instead of exhausting memory.
+        deadline: default total time limit, in seconds, for each call (see
+            :meth:`fetch_property`); None for no limit.
     """
 
     def __init__(
@@ -142,6 +131,10 @@ class AsyncClient:
         max_retry_after: float = 120.0,
         max_refetch_rounds: int = 3,
         connections_per_pool: int = 8,
+        adaptive_concurrency: bool = True,
+        max_requests_per_second: float | None = None,
+        max_response_bytes: int = 256 * 2**20,
+        deadline: float | None = None,
     ) -> None:
         url = resolve_base_url(base_url)
         check_base_url(url, custom_transport=transport is not None)
@@ -156,6 +149,10 @@ class AsyncClient:
             consistency=consistency,
             max_refetch_rounds=max_refetch_rounds,
             connections_per_pool=connections_per_pool,
+            adaptive_concurrency=adaptive_concurrency,
+            max_requests_per_second=max_requests_per_second,
+            max_response_bytes=max_response_bytes,
+            deadline=deadline,
             retry=RetryPolicy(
                 max_retries=max_retries,
                 backoff_base=backoff_base,
@@ -166,7 +163,11 @@ class AsyncClient:
         self._token = resolve_token(token)
         self._cave_token = resolve_cave_token(cave_token)
         self._http = ConnectionPools(self._config, transport)
-        self._limiter = _Limiter(self._config.max_concurrency)
+        self._limiter = RequestGate(
+            self._config.max_concurrency,
+            adaptive=self._config.adaptive_concurrency,
+            rate=self._config.max_requests_per_second,
+        )
         # Hosts the producers of iter_property streams: they must outlive a `break`.
         self._tasks: anyio.abc.TaskGroup | None = None
         #: Running totals of requests, retries, chunks and segments.
@@ -219,6 +220,7 @@ class AsyncClient:
         *,
         project: str | None = None,
         progress: ProgressArg = None,
+        deadline: float | None = None,
     ) -> SegmentPropertyResult:
         """Fetch one property of many segments, all from one materialization.
 
@@ -229,6 +231,10 @@ class AsyncClient:
             project: e.g. ``"fruitfly_fafb_flywire"``; default: the client's ``project``.
             progress: ``True`` for a tqdm bar counting segments (needs the ``progress``
                 extra), or a callable that receives a :class:`Progress` after each chunk.
+            deadline: seconds the whole call may take (default: the client's
+                ``deadline``, else none). When it passes, requests in flight are
+                cancelled and :class:`IncompleteResultError` holds what was fetched;
+                the segments cut off are in its ``failures``.
 
         Returns:
             A read-only mapping ``{segment_id: {field: value}}`` in request order, with
@@ -251,8 +257,11 @@ class AsyncClient:
             )
         headers = auth_headers(self._token, self._cave_token, proj)
         reporter = make_reporter(progress, len(ids), prop)
+        call = Call(
+            self, prop, proj, ids, headers, reporter=reporter, deadline=self._deadline(deadline)
+        )
         try:
-            return await Call(self, prop, proj, ids, headers, reporter=reporter).run()
+            return await call.run()
         finally:
             _close(reporter)
 
@@ -263,6 +272,7 @@ class AsyncClient:
         *,
         project: str | None = None,
         progress: ProgressArg = None,
+        deadline: float | None = None,
     ) -> dict[str, SegmentPropertyResult]:
         """Fetch several properties of the same segments, all from one materialization.
 
@@ -310,19 +320,31 @@ class AsyncClient:
             )
             for i, p in enumerate(props)
         ]
+        limit = self._deadline(deadline)
         try:
-            await run_all([call.first_pass for call in calls])
-            if self._config.consistency == "refetch":
-                for round_number in range(1, self._config.max_refetch_rounds + 1):
-                    target = max((t for c in calls if (t := c.newest()) is not None), default=None)
-                    stale = [
-                        c for c in calls if any(a.timestamp != target for a in c.answers.values())
-                    ]
-                    if not stale:
-                        break
-                    await run_all(
-                        [functools.partial(c.refetch_stale, target, round_number) for c in stale]
-                    )
+            with anyio.move_on_after(math.inf if limit is None else limit) as scope:
+                await run_all([call.first_pass for call in calls])
+                if self._config.consistency == "refetch":
+                    for round_number in range(1, self._config.max_refetch_rounds + 1):
+                        target = max(
+                            (t for c in calls if (t := c.newest()) is not None), default=None
+                        )
+                        stale = [
+                            c
+                            for c in calls
+                            if any(a.timestamp != target for a in c.answers.values())
+                        ]
+                        if not stale:
+                            break
+                        await run_all(
+                            [
+                                functools.partial(c.refetch_stale, target, round_number)
+                                for c in stale
+                            ]
+                        )
+            if scope.cancelled_caught:
+                for call in calls:
+                    call.deadline_passed(limit or 0.0)
             return _settle(calls, self._config.consistency)
         finally:
             _close(reporter)
@@ -334,6 +356,7 @@ class AsyncClient:
         *,
         project: str | None = None,
         progress: ProgressArg = None,
+        deadline: float | None = None,
     ) -> PropertyStream:
         """Stream one property chunk by chunk, as each chunk's answer arrives.
 
@@ -375,11 +398,27 @@ class AsyncClient:
         stream = PropertyStream(buffer=2 * self._config.max_concurrency)
         producer = stream.producer
         if ids:
-            call = Call(self, prop, proj, ids, headers, reporter=reporter, sink=producer.put)
+            call = Call(
+                self,
+                prop,
+                proj,
+                ids,
+                headers,
+                reporter=reporter,
+                sink=producer.put,
+                deadline=self._deadline(deadline),
+            )
             self._tasks.start_soon(producer.run, call.run, lambda: _close(reporter))
         else:
             producer.finish()
         return stream
+
+    def _deadline(self, deadline: float | None) -> float | None:
+        if deadline is None:
+            return self._config.deadline
+        if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or deadline <= 0:
+            raise ValueError(f"deadline must be a number of seconds > 0; got {deadline!r}")
+        return float(deadline)
 
     def _prepare(
         self, properties: Iterable[str], segments: Iterable[Any], project: str | None

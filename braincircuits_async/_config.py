@@ -220,6 +220,14 @@ class ClientConfig:
     #: Connections per httpx pool; the bound is spread over several pools (see
     #: ``_transport.ConnectionPools``: one big pool costs time quadratic in its size).
     connections_per_pool: int = 8
+    #: Halve the concurrency on a 429 and grow it back slowly (see ``_limits``).
+    adaptive_concurrency: bool = True
+    #: Start at most this many requests per second (None: no limit).
+    max_requests_per_second: float | None = None
+    #: The largest answer body read, in bytes; a larger one is an error, not a crash.
+    max_response_bytes: int = 256 * 2**20
+    #: Seconds a whole call may take (None: no limit); see ``fetch_property``.
+    deadline: float | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def __post_init__(self) -> None:
@@ -227,6 +235,11 @@ class ClientConfig:
         _check_int("max_concurrency", self.max_concurrency, 1, 1024)
         _check_int("max_refetch_rounds", self.max_refetch_rounds, 0, 100)
         _check_int("connections_per_pool", self.connections_per_pool, 1, 1024)
+        _check_int("max_response_bytes", self.max_response_bytes, 1)
+        if self.max_requests_per_second is not None:
+            _check_seconds("max_requests_per_second", self.max_requests_per_second)
+        if self.deadline is not None:
+            _check_seconds("deadline", self.deadline)
         _check_seconds("timeout", self.timeout)
         if self.consistency not in CONSISTENCY_MODES:
             raise ValueError(

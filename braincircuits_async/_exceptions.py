@@ -12,7 +12,9 @@ Every error the client raises on purpose derives from :class:`BrainCircuitsError
     │   │   └── APITimeoutError      (no answer within `timeout`)
     │   └── MalformedResponseError   (an answer that is not the documented shape)
     ├── InconsistentMaterializationError  (.timestamps, .result)
-    └── IncompleteResultError        (.result of the chunks that succeeded, .failures)
+    ├── IncompleteResultError        (.result of the chunks that succeeded, .failures)
+    └── DeadlineExceededError        (also TimeoutError: a call's deadline passed; the
+                                      reason of the chunks it cut off)
 
 Lower-layer errors (httpx, json) are translated into these in one place, the
 client's request step. The message quotes the original's type and text, but the
@@ -36,6 +38,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BrainCircuitsError",
+    "DeadlineExceededError",
     "IncompleteResultError",
     "InconsistentMaterializationError",
     "InvalidSegmentError",
@@ -156,6 +159,15 @@ class InconsistentMaterializationError(BrainCircuitsError):
         self.result = result
         self.segment_timestamps = segment_timestamps
         self.failures: Mapping[int, str] = {} if failures is None else failures
+
+
+class DeadlineExceededError(BrainCircuitsError, TimeoutError):
+    """A call's ``deadline`` passed before a chunk was fetched.
+
+    It is the reason given in ``IncompleteResultError.failures`` (and in
+    ``.errors``) for the segments the deadline cut off; the call itself raises
+    :class:`IncompleteResultError`, which holds everything fetched in time.
+    """
 
 
 class IncompleteResultError(BrainCircuitsError):

@@ -17,12 +17,13 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import anyio
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, stop_after_attempt
 
 from ._config import RetryPolicy
 from ._exceptions import (
     APIConnectionError,
     APIStatusError,
+    APITimeoutError,
     MalformedResponseError,
 )
 
@@ -135,13 +136,28 @@ async def call_with_retry(
     *,
     describe: str,
     on_retry: Callable[[BaseException, float], None] | None = None,
+    timeouts_before_giving_up: int | None = None,
 ) -> T:
     """Await ``send()`` until it succeeds, retrying what :func:`should_retry` allows.
 
     After ``policy.max_retries`` retries the last error is raised as it is.
     ``describe`` names the work in log lines (never a token);
-    ``on_retry(error, wait)`` is told of every retry.
+    ``on_retry(error, wait)`` is told of every retry. With
+    ``timeouts_before_giving_up``, that many timeouts end the retries early (the
+    caller splits the chunk instead of waiting out every retry).
     """
+    timeouts = 0
+
+    def retry(state: RetryCallState) -> bool:
+        nonlocal timeouts
+        error = state.outcome.exception() if state.outcome else None
+        if error is None:
+            return False
+        if isinstance(error, APITimeoutError) and timeouts_before_giving_up is not None:
+            timeouts += 1
+            if timeouts >= timeouts_before_giving_up:
+                return False
+        return should_retry(error, policy)
 
     def wait(state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome else None
@@ -165,7 +181,7 @@ async def call_with_retry(
     retrying = AsyncRetrying(
         stop=stop_after_attempt(policy.max_retries + 1),
         wait=wait,
-        retry=retry_if_exception(lambda error: should_retry(error, policy)),
+        retry=retry,
         before_sleep=before_sleep,
         sleep=lambda seconds: sleep(seconds),
         reraise=True,

@@ -203,16 +203,21 @@ def _detail(body: str) -> str:
 
 def error_for_status(
     response: httpx.Response,
+    body: bytes,
     *,
     describe: str,
     token: Secret | None,
     cave_token: Secret | None,
 ) -> APIStatusError:
-    """Translate a non-200 answer into the matching exception (returned, not raised)."""
+    """Translate a non-200 answer into the matching exception (returned, not raised).
+
+    ``body`` is the answer's body as read (the client reads bodies itself, with a
+    size cap), decoded leniently: an error page need not be valid UTF-8.
+    """
     status = response.status_code
     # Blank any echo of a token before cutting, so no piece of one survives the cut.
-    text = _scrub(response.text, (token, cave_token))
-    body = excerpt(text)
+    text = _scrub(body.decode(response.encoding or "utf-8", "replace"), (token, cave_token))
+    shown = excerpt(text)
     detail = _detail(text)
     retry_after = parse_retry_after(response.headers.get("Retry-After"))
     if 300 <= status < 400:
@@ -222,7 +227,7 @@ def error_for_status(
             "are not followed, so tokens never travel to another host; if that address is "
             "right and trusted, pass it as base_url=",
             status_code=status,
-            body=body,
+            body=shown,
         )
     if status in (401, 403):
         refused = "refused" if status == 403 else "not accepted (401)"
@@ -239,14 +244,14 @@ def error_for_status(
             if cave_token is not None:
                 which += " (a CAVE token was sent too and may be the one at fault)"
         return AuthenticationError(
-            f"{describe}: {which}. Server said: {detail}", status_code=status, body=body
+            f"{describe}: {which}. Server said: {detail}", status_code=status, body=shown
         )
     wait = "" if retry_after is None else f" (Retry-After: {retry_after:g} s)"
     if status == 429:
         return RateLimitError(
             f"{describe}: rate limited by the server (429){wait}: {detail}",
             status_code=status,
-            body=body,
+            body=shown,
             retry_after=retry_after,
         )
     hint = {
@@ -257,6 +262,6 @@ def error_for_status(
     return APIStatusError(
         f"{describe}: the server answered {status}{hint}{wait}: {detail}",
         status_code=status,
-        body=body,
+        body=shown,
         retry_after=retry_after,
     )
