@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 
@@ -88,6 +89,8 @@ async def run_against_limit(make_client: Any, *, adaptive: bool) -> tuple[int, i
 async def test_adaptive_concurrency_draws_far_fewer_429s_than_fixed(make_client: Any) -> None:
     fixed_requests, fixed_retries = await run_against_limit(make_client, adaptive=False)
     adaptive_requests, adaptive_retries = await run_against_limit(make_client, adaptive=True)
+    assert fixed_requests == 300 + fixed_retries  # every chunk done, after its retries
+    assert adaptive_requests == 300 + adaptive_retries
     # Every chunk was fetched both times (no exception); the adaptive run needed
     # fewer than half the retries (each retry here is a 429).
     assert adaptive_retries < fixed_retries / 2, (adaptive_retries, fixed_retries)
@@ -125,7 +128,7 @@ async def test_a_streamed_body_without_length_is_capped_too(make_client: Any) ->
         async def __aiter__(self) -> Any:
             for _ in range(1000):
                 yield b"x" * 100_000
-                await anyio.sleep(0)
+                await anyio.lowlevel.checkpoint()
 
     async def handler(request: httpx.Request, number: int) -> httpx.Response | None:
         return httpx.Response(200, stream=Endless())
