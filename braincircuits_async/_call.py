@@ -603,7 +603,8 @@ async def _read_capped(response: httpx.Response, cap: int) -> bytes | None:
     pieces = []
     size = 0
     # aclosing: stopping early must close httpx's body generators now, not at GC.
-    async with contextlib.aclosing(response.aiter_bytes()) as body:
+    body: Any = response.aiter_bytes()  # an async generator: it has aclose()
+    async with contextlib.aclosing(body):
         async for piece in body:
             size += len(piece)
             if size > cap:

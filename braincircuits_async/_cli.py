@@ -240,6 +240,14 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         help="move to a new materialization after this many answers (default: never)",
     )
+    fake.add_argument(
+        "--rate-limit",
+        type=float,
+        default=None,
+        metavar="REQUESTS_PER_S",
+        help="accept at most this many requests per second across all clients; more get "
+        "429 without Retry-After (default: no limit)",
+    )
     _add_fake_options(fake)
     fake.set_defaults(latency_ms=0.0, fault_rate=0.0)
     return parser
@@ -355,6 +363,7 @@ def _fake_server(args: argparse.Namespace, err: TextIO) -> int:
         retry_after=args.retry_after,
         max_segments=args.max_segments,
         rollover_after=args.rollover_after,
+        rate_limit=args.rate_limit,
         seed=args.seed,
         answer_cache_bytes=int(args.cache_mb * 2**20),
     )

@@ -23,16 +23,18 @@ except ImportError:  # pragma: no cover - depends on the environment
     _fast_loads = None
 
 
-# orjson turns integers beyond 64 bits into floats, silently; a run of 20 digits
-# (more than any 64-bit segment id needs, bar the top few) sends the body to the
-# standard library instead, which keeps every integer exact.
+# orjson turns integers beyond 64 bits into floats, silently: above 2**64 - 1 (20
+# digits or more) and below -2**63 (a minus and 19 digits or more). Bodies with such
+# runs go to the standard library instead, which keeps every integer exact.
 _ALL_DIGITS_ZERO = bytes.maketrans(b"123456789", b"000000000")
 _LONG_NUMBER = b"0" * 20
+_LONG_NEGATIVE = b"-" + b"0" * 19
 
 
 def _has_long_number(body: bytes) -> bool:
-    # translate and a substring search run in C: ~20 us for a 500-segment answer.
-    return _LONG_NUMBER in body.translate(_ALL_DIGITS_ZERO)
+    # translate and two substring searches run in C: ~20 us for a 500-segment answer.
+    digits = body.translate(_ALL_DIGITS_ZERO)
+    return _LONG_NUMBER in digits or _LONG_NEGATIVE in digits
 
 
 def loads(body: bytes) -> Any:

@@ -154,7 +154,8 @@ class RequestRecord:
     read; ``n_segments`` counts the ids in the body (0 if it was not read).
     ``status`` is None when the connection was dropped (or the client left);
     ``fault`` names the injected fault, if any ("slow" and "truncate" come with
-    status 200). ``materialized_timestamp`` is that of the answer, for 200s.
+    status 200), or is ``"rate_limit"`` for a 429 from the ``rate_limit`` knob.
+    ``materialized_timestamp`` is that of the answer, for 200s.
     ``header_names`` lists the request's header names (lower case), never their
     values, so no token is kept.
     """
@@ -189,7 +190,8 @@ class FakeLog:
         segments_served: ids requested in complete 200 answers (unknown ids included,
             so it adds up to what the client asked for).
         statuses: how many responses had each status code.
-        faults: how many times each fault kind was injected.
+        faults: how many times each fault kind was injected, and how many requests
+            the ``rate_limit`` knob turned away (as ``"rate_limit"``).
         records: one `RequestRecord` per finished request, in finishing order.
     """
 
@@ -313,6 +315,17 @@ class FakeBrainCircuits:
             (``"1"``, ``"0.01"``); fractions are not standard HTTP but keep tests fast.
             None sends no header.
         slow_delay: extra seconds of a ``"slow"`` fault.
+        rate_limit: requests per second the fake accepts, across all clients; None
+            for no limit. A token bucket that holds ``max(1, rate_limit)`` requests and
+            refills continuously at ``rate_limit`` per second: a burst up to the
+            bucket's size passes, then requests get 429 with a JSON ``detail``
+            (logged with ``fault="rate_limit"``). Checked after authentication and
+            request validation, before latency and injected faults; unlike injected
+            faults it has no ``max_consecutive_faults`` escape, so a client that
+            keeps sending too fast keeps getting 429.
+        rate_limit_retry_after: seconds sent in the Retry-After header of those 429s;
+            None (the default) sends no header, as many real rate limiters do. Needs
+            ``rate_limit``.
         max_consecutive_faults: the most faults in a row for one request (same
             project, property and ids); the next try always succeeds.
         seed: seeds the fault draws, so a run's faults repeat for a repeated sequence
@@ -345,6 +358,8 @@ class FakeBrainCircuits:
         faults: Mapping[str, float] | None = None,
         retry_after: float | None = 1,
         slow_delay: float = 1.0,
+        rate_limit: float | None = None,
+        rate_limit_retry_after: float | None = None,
         max_consecutive_faults: int = 2,
         seed: int = 0,
         answer_cache_bytes: int = 0,
@@ -383,6 +398,28 @@ class FakeBrainCircuits:
             None if retry_after is None else _check_float("retry_after", retry_after, 0.0)
         )
         self._slow_delay = _check_float("slow_delay", slow_delay, 0.0)
+        self._rate_limit = None if rate_limit is None else _check_positive("rate_limit", rate_limit)
+        if rate_limit_retry_after is not None and rate_limit is None:
+            raise ValueError(
+                "rate_limit_retry_after needs rate_limit (requests per second) to be set"
+            )
+        self._rate_limit_retry_after = (
+            None
+            if rate_limit_retry_after is None
+            else _check_float("rate_limit_retry_after", rate_limit_retry_after, 0.0)
+        )
+        self._bucket_size = 1.0 if self._rate_limit is None else max(1.0, self._rate_limit)
+        limit = f"{self._rate_limit:g}" if self._rate_limit is not None else "none"
+        self._rate_limit_body = json.dumps(
+            {"detail": f"fake: too many requests (rate limit: {limit} requests/s)"}
+        ).encode()
+        self._rate_limit_headers = (
+            []
+            if self._rate_limit_retry_after is None
+            else [(b"retry-after", _format_seconds(self._rate_limit_retry_after).encode())]
+        )
+        # The rate limit's clock; tests may swap in a fake one, then call `reset`.
+        self._clock: Callable[[], float] = time.monotonic
         self._max_consecutive_faults = _check_int(
             "max_consecutive_faults", max_consecutive_faults, 0
         )
@@ -402,7 +439,8 @@ class FakeBrainCircuits:
     def __repr__(self) -> str:
         return (
             f"<FakeBrainCircuits materialized_timestamp={self._timestamp} "
-            f"projects={sorted(self._projects)} faults={dict(self._fault_table)}>"
+            f"projects={sorted(self._projects)} faults={dict(self._fault_table)} "
+            f"rate_limit={self._rate_limit}>"
         )
 
     # --- what tests read and steer ---------------------------------------------------
@@ -439,12 +477,14 @@ class FakeBrainCircuits:
             return self._timestamp
 
     def reset(self) -> None:
-        """Start over: first materialization, fresh fault draws, empty log."""
+        """Start over: first materialization, fresh fault draws, full rate bucket, empty log."""
         with self._lock:
             self._timestamp = self._start_timestamp
             self._answers = 0
             self._rng = random.Random(self._seed)
             self._streaks: dict[tuple[str, str, tuple[int, ...]], int] = {}
+            self._bucket = self._bucket_size
+            self._bucket_time = self._clock()
         self.log.reset()
 
     def expected(
@@ -619,6 +659,10 @@ class FakeBrainCircuits:
             return
         segments = self._parse_segments(body)
         request.segments = len(segments)
+        if self._rate_limit is not None and not self._take_token(self._rate_limit):
+            self._record(request, 429, "rate_limit")
+            await _send_body(send, 429, self._rate_limit_body, self._rate_limit_headers)
+            return
 
         fault = self._draw_fault(project, prop, segments) if self._fault_table else None
         delay = self._latency + self._latency_per_segment * len(segments)
@@ -684,6 +728,19 @@ class FakeBrainCircuits:
                 "(an integer in [0, 2**64))",
             )
         return segments
+
+    def _take_token(self, rate: float) -> bool:
+        """Take one request from the rate-limit bucket; False if it is empty."""
+        with self._lock:
+            now = self._clock()
+            # max(): a clock that steps back (a test's fake clock) must not drain it.
+            elapsed = max(0.0, now - self._bucket_time)
+            self._bucket = min(self._bucket_size, self._bucket + elapsed * rate)
+            self._bucket_time = now
+            if self._bucket < 1.0:
+                return False
+            self._bucket -= 1.0
+            return True
 
     def _draw_fault(self, project: str, prop: str, segments: list[int]) -> str | None:
         key = (project, prop, tuple(segments))
@@ -820,6 +877,18 @@ def _check_float(name: str, value: float, minimum: float, maximum: float | None 
     if not ok:
         accepted = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
         raise ValueError(f"{name} must be a finite number {accepted}, got {value!r}")
+    return float(value)
+
+
+def _check_positive(name: str, value: float) -> float:
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+    if not ok:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
 
 

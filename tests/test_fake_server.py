@@ -6,18 +6,20 @@ bug in the client cannot hide a bug in the fake (or the other way round).
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import anyio
 import httpx
 import pytest
 
+from braincircuits_async import _cli, testing
 from braincircuits_async.testing import (
     DEFAULT_CAVE_TOKEN,
     DEFAULT_MATERIALIZED_TIMESTAMP,
@@ -499,6 +501,201 @@ async def test_faults_follow_their_probabilities_and_the_seed() -> None:
     assert 15 < first.count("503") < 65
 
 
+# --- rate limit ------------------------------------------------------------------------
+
+
+class Clock:
+    """A clock that moves only when told to, for the fake's rate limit."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def on_clock(clock: Clock, **knobs: Any) -> FakeBrainCircuits:
+    fake = FakeBrainCircuits(**knobs)
+    fake._clock = clock
+    fake.reset()  # start the (full) bucket at the fake clock's time
+    return fake
+
+
+async def burst(fake: FakeBrainCircuits, n: int, **kwargs: Any) -> list[httpx.Response]:
+    """``n`` one-segment requests at once; the responses in sending order."""
+    responses: list[httpx.Response | None] = [None] * n
+
+    async def one(i: int) -> None:
+        responses[i] = await post(http, segments=[i + 1], **kwargs)
+
+    async with connect(fake) as http, anyio.create_task_group() as tg:
+        for i in range(n):
+            tg.start_soon(one, i)
+    return [r for r in responses if r is not None]
+
+
+@pytest.mark.parametrize(("rate", "n", "passed"), [(10, 30, 10), (100, 130, 100), (0.5, 5, 1)])
+async def test_rate_limit_lets_a_bucketful_through_then_answers_429(
+    rate: float, n: int, passed: int
+) -> None:
+    fake = on_clock(Clock(), rate_limit=rate)
+
+    responses = await burst(fake, n)
+
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(200) == passed  # max(1, rate): the bucket's size
+    assert statuses.count(429) == n - passed
+    limited = next(r for r in responses if r.status_code == 429)
+    assert "too many requests" in limited.json()["detail"]
+    assert fake.log.statuses == {200: passed, 429: n - passed}
+    assert fake.log.faults == {"rate_limit": n - passed}
+    assert {r.outcome for r in fake.log.records if r.status == 429} == {"rate_limit"}
+    assert fake.log.segments_served == passed
+
+
+async def test_rate_limit_on_the_real_clock_limits_a_burst() -> None:
+    fake = FakeBrainCircuits(rate_limit=10)
+
+    responses = await burst(fake, 30)
+    await anyio.sleep(0.15)  # refills at least one request
+    again = await fetch(fake, segments=[1])
+
+    ok = sum(r.status_code == 200 for r in responses)
+    assert 10 <= ok <= 20  # the bucket, plus what refills while the burst runs (slow CI)
+    assert fake.log.faults["rate_limit"] == 30 - ok
+    assert again["results"] == fake.expected_results("link_pre", [1])
+
+
+@pytest.mark.parametrize(("per_second", "limited"), [(90, False), (99, False), (110, True)])
+async def test_steady_traffic_below_the_rate_is_never_limited(
+    per_second: float, limited: bool
+) -> None:
+    clock = Clock()
+    fake = on_clock(clock, rate_limit=100)
+    await burst(fake, 100)  # empty the bucket: the hardest start for steady traffic
+    fake.log.reset()
+
+    async with connect(fake) as http:
+        for i in range(300):
+            clock.now += 1 / per_second
+            await post(http, segments=[i + 1])
+
+    assert (fake.log.statuses[429] > 0) is limited
+    if limited:  # about the excess: 300 * (1 - 100/110) ~ 27
+        assert 20 <= fake.log.statuses[429] <= 35
+
+
+async def test_rate_limit_refills_continuously_and_reset_fills_it() -> None:
+    clock = Clock()
+    fake = on_clock(clock, rate_limit=100)
+    await burst(fake, 100)
+
+    assert [r.status_code for r in await burst(fake, 1)] == [429]
+    clock.now += 0.055  # 5.5 requests' worth
+    assert [r.status_code for r in await burst(fake, 8)].count(200) == 5
+    clock.now += 60  # never more than a bucketful
+    assert [r.status_code for r in await burst(fake, 120)].count(200) == 100
+    fake.reset()
+    assert [r.status_code for r in await burst(fake, 100)].count(200) == 100
+
+
+async def test_rate_limit_is_shared_by_all_clients() -> None:
+    fake = on_clock(Clock(), rate_limit=4)
+
+    async with connect(fake) as first, connect(fake) as second:
+        statuses = [(await post(http, segments=[1])).status_code for http in [first, second] * 4]
+
+    assert statuses == [200] * 4 + [429] * 4
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "header"), [(None, None), (0, "0"), (0.05, "0.05"), (2, "2")]
+)
+async def test_rate_limit_retry_after_header_follows_its_knob(
+    retry_after: float | None, header: str | None
+) -> None:
+    # `retry_after` (for injected 429s) is set too: it must not leak into these 429s.
+    fake = on_clock(Clock(), rate_limit=1, rate_limit_retry_after=retry_after, retry_after=7)
+
+    async with connect(fake) as http:
+        first = await post(http)
+        limited = await post(http)
+
+    assert (first.status_code, limited.status_code) == (200, 429)
+    assert limited.headers.get("retry-after") == header
+    assert "retry-after" not in first.headers
+
+
+async def test_rate_limit_is_checked_after_auth_and_validation() -> None:
+    clock = Clock()
+    fake = on_clock(clock, rate_limit=1)
+    async with connect(fake) as http:
+        assert (await post(http)).status_code == 200  # the bucket is now empty
+        refused = [
+            await post(http, headers={}),
+            await post(http, headers={**AUTH, "Authorization": "Bearer wrong"}),
+            await post(http, content=b"not json"),
+            await post(http, "no_such_property"),
+            await post(http, project="mouse"),
+        ]
+        clock.now += 1  # one request's worth: the refused requests took none
+        after = await post(http)
+
+    assert [r.status_code for r in refused] == [401, 403, 422, 404, 404]
+    assert after.status_code == 200
+    assert "rate_limit" not in fake.log.faults
+
+
+async def test_rate_limit_is_checked_before_latency_and_faults() -> None:
+    clock = Clock()
+    fake = on_clock(clock, rate_limit=1, faults={"500": 1.0}, max_consecutive_faults=1, latency=0.2)
+    async with connect(fake) as http:
+        await post(http)  # a 500, after the latency; the fault streak is now 1
+        started = time.monotonic()
+        limited = await post(http)
+        limited_took = time.monotonic() - started
+        clock.now += 1
+        last = await post(http)
+
+    assert (limited.status_code, last.status_code) == (429, 200)
+    assert limited_took < 0.1  # turned away at once, without the latency
+    # Had the rate limit come after the fault draw, it would have used up the streak
+    # and the last request would have been a 500.
+    assert [r.outcome for r in fake.log.records] == ["500", "rate_limit", "200"]
+
+
+async def test_fake_server_command_passes_rate_limit_through(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    served: list[FakeBrainCircuits] = []
+
+    class Served(Exception):
+        pass
+
+    @contextmanager
+    def capture(app: FakeBrainCircuits, **kwargs: Any) -> Iterator[str]:
+        served.append(app)
+        raise Served
+        yield ""  # a generator, for contextmanager
+
+    monkeypatch.setattr(testing, "serve_in_thread", capture)
+    args = _cli._build_parser().parse_args(["fake-server", "--port", "0", "--rate-limit", "2"])
+    with pytest.raises(Served):
+        _cli._fake_server(args, io.StringIO())
+
+    responses = await burst(served[0], 3)
+    assert [r.status_code for r in responses].count(429) >= 1
+    assert all("retry-after" not in r.headers for r in responses)
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "nan"])
+def test_fake_server_command_rejects_a_bad_rate_limit(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _cli.main(["fake-server", "--port", "0", "--rate-limit", value]) == 2
+    assert "rate_limit must be a finite number > 0" in capsys.readouterr().err
+
+
 # --- latency and the log ------------------------------------------------------------
 
 
@@ -581,6 +778,15 @@ async def test_log_records_each_request_without_header_values() -> None:
         ({"projects": {"hemibrain"}}, "cave_projects"),
         ({"default_project": "mouse"}, "default_project"),
         ({"properties": {"bad/name"}}, "properties"),
+        ({"rate_limit": 0}, "rate_limit must be a finite number > 0"),
+        ({"rate_limit": -10}, "rate_limit must be a finite number > 0"),
+        ({"rate_limit": float("nan")}, "rate_limit must"),
+        ({"rate_limit": float("inf")}, "rate_limit must"),
+        ({"rate_limit": True}, "rate_limit must"),
+        ({"rate_limit": "50"}, "rate_limit must"),
+        ({"rate_limit": 50, "rate_limit_retry_after": -1}, "rate_limit_retry_after must"),
+        ({"rate_limit": 50, "rate_limit_retry_after": float("nan")}, "rate_limit_retry_after"),
+        ({"rate_limit_retry_after": 1}, "rate_limit_retry_after needs rate_limit"),
     ],
 )
 def test_bad_knobs_raise_value_error_naming_the_knob(knobs: dict[str, Any], named: str) -> None:

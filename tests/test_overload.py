@@ -138,3 +138,33 @@ async def test_a_streamed_body_without_length_is_capped_too(make_client: Any) ->
     ) as client:
         with pytest.raises(bca.MalformedResponseError, match="larger than max_response_bytes"):
             await client.fetch_property("link_pre", [1])
+
+
+async def fetch_from_rate_limited_fake(adaptive: bool) -> tuple[int, int]:
+    """100 chunks against a fake that allows 50 requests/s and sends no Retry-After."""
+    from braincircuits_async import testing
+
+    fake = testing.FakeBrainCircuits(rate_limit=50, rate_limit_retry_after=None, latency=0.02)
+    async with bca.AsyncClient(
+        token=testing.DEFAULT_TOKEN,
+        cave_token=testing.DEFAULT_CAVE_TOKEN,
+        base_url="http://fake.test",
+        transport=httpx.ASGITransport(app=fake),
+        project="fruitfly_fafb_flywire",
+        chunk_size=50,
+        max_concurrency=32,
+        adaptive_concurrency=adaptive,
+    ) as client:
+        try:
+            await client.fetch_property("link_pre", range(1, 5001))
+            failed = 0
+        except bca.IncompleteResultError as error:
+            failed = len(error.failures)
+    return fake.log.statuses[429], failed
+
+
+async def test_against_a_hard_rate_limit_the_adaptive_client_finishes_with_few_429s() -> None:
+    adaptive_429s, adaptive_failed = await fetch_from_rate_limited_fake(adaptive=True)
+    fixed_429s, _ = await fetch_from_rate_limited_fake(adaptive=False)
+    assert adaptive_failed == 0  # no chunk ran out of retries
+    assert adaptive_429s < fixed_429s / 2, (adaptive_429s, fixed_429s)
