@@ -39,7 +39,7 @@ from ._merge import ChunkAnswer, newest_timestamp, parse_answer
 from ._models import SegmentPropertyResult
 from ._progress import Progress, Reporter
 from ._retry import RETRYABLE_STATUS, call_with_retry, is_fatal
-from ._transport import ENDPOINT, AuthHeaders, error_for_status
+from ._transport import ENDPOINT, AuthHeaders, error_for_status, scrubbed
 
 if TYPE_CHECKING:
     from ._client import AsyncClient
@@ -106,6 +106,11 @@ class Call:
         self._group: anyio.abc.TaskGroup | None = None
         self._queue: MemoryObjectSendStream[tuple[int, int]] | None = None
         self._receive: MemoryObjectReceiveStream[tuple[int, int]] | None = None
+        self._stand_ins = 0
+        # Timeouts split chunks only while that helps: once a half of a chunk split
+        # for timing out times out too, the size was not the trouble.
+        self._split_on_timeout = True
+        self._timeout_halves: set[int] = set()
         self._outstanding = 0
 
     # --- the phases ----------------------------------------------------------------
@@ -262,13 +267,16 @@ class Call:
 
     async def _stand_in(self, until: float) -> None:
         """Use a slot whose worker waits out a backoff, until that wait is over."""
-        while anyio.current_time() < until and self._receive is not None:
-            try:
-                start, end = self._receive.receive_nowait()
-            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                return
-            if not await self._process(start, end):
-                return
+        try:
+            while anyio.current_time() < until and self._receive is not None:
+                try:
+                    start, end = self._receive.receive_nowait()
+                except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                    return
+                if not await self._process(start, end):
+                    return
+        finally:
+            self._stand_ins -= 1
 
     async def _process(self, start: int, end: int) -> bool:
         """Fetch one queued chunk and do the bookkeeping; False if the call is over."""
@@ -303,9 +311,9 @@ class Call:
                 self.config.retry,
                 describe=describe,
                 on_retry=self._count_retry,
-                # Two timeouts in a row on a chunk that can be split: it is likely too
-                # big to answer in time, so halve it rather than wait out every retry.
-                timeouts_before_giving_up=2 if splittable else None,
+                # Two timeouts on a chunk that can be split: it is likely too big to
+                # answer in time, so halve it rather than wait out every retry.
+                timeouts_before_giving_up=2 if splittable and self._split_on_timeout else None,
             )
         except APIStatusError as error:
             if error.status_code == 413 and splittable:
@@ -313,8 +321,14 @@ class Call:
                 return
             self._fail(start, end, error)
         except APITimeoutError as error:
-            if splittable:
+            if splittable and self._split_on_timeout:
+                if start in self._timeout_halves:
+                    # A half timed out too: stop splitting, give it its full retries.
+                    self._split_on_timeout = False
+                    self._queue_again(start, end)
+                    return
                 self._split(start, end, "timed out twice")
+                self._timeout_halves.update((start, (start + end) // 2))
                 return
             self._fail(start, end, error)
         except BrainCircuitsError as error:
@@ -336,10 +350,22 @@ class Call:
             self.reporter(Progress(self.prop, self.done, len(self.ids), self.retries, self.failed))
 
     def _count_retry(self, error: BaseException, wait: float) -> None:
-        """Before a retry's wait: count it, and lend the idle slot to a stand-in."""
+        """Before a retry's wait: count it, and maybe lend the idle slot to a stand-in.
+
+        Not after a 429 or 503: there the server asks for fewer requests, and an
+        idle slot during the wait is the point. At most ``max_concurrency``
+        stand-ins at once, so what a stream may hold stays bounded.
+        """
         self.client.stats.retries += 1
         self.retries += 1
-        if wait > 0 and self._group is not None:
+        overloaded = isinstance(error, APIStatusError) and error.status_code in (429, 503)
+        if (
+            wait > 0
+            and not overloaded
+            and self._group is not None
+            and self._stand_ins < self.config.max_concurrency
+        ):
+            self._stand_ins += 1
             self._group.start_soon(self._stand_in, anyio.current_time() + wait)
 
     def _queue_again(self, start: int, end: int) -> None:
@@ -449,13 +475,18 @@ class Call:
                     body,
                     describe=describe,
                     token=client._token,
-                    cave_token=client._cave_token,
+                    cave_token=client._cave_for(self.project),
                 )
                 if is_fatal(failure):
                     self.abort(failure)
                 raise failure
             gate.succeeded()
-            answer = parse_answer(body, ids, keys, start=start, describe=describe)
+            try:
+                answer = parse_answer(body, ids, keys, start=start, describe=describe)
+            except MalformedResponseError as error:
+                failure = scrubbed(error, client._token, client._cave_for(self.project))
+            if failure is not None:
+                raise failure
             self._observe(answer)
             return answer
 

@@ -25,6 +25,7 @@ from ._client import AsyncClient
 from ._exceptions import AuthenticationError, BrainCircuitsError, IncompleteResultError
 from ._export import FORMATS, read_ids, write_csv, write_jsonl, write_parquet
 from ._models import SegmentPropertyResult
+from ._retry import is_fatal
 from ._version import __version__
 
 __all__ = ["main"]
@@ -137,8 +138,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "-o",
         "--output",
         metavar="OUT",
-        help="file to write (default: standard output); an existing file is kept "
-        "unless --force is given",
+        help="file to write (default, or '-': standard output); an existing file is "
+        "kept unless --force is given",
     )
     fetch.add_argument(
         "--format",
@@ -162,6 +163,12 @@ def _build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=8,
         help="requests in flight at once (default: 8)",
+    )
+    fetch.add_argument(
+        "--max-retries",
+        type=int,
+        default=5,
+        help="retries per request for transient failures (default: 5)",
     )
     fetch.add_argument(
         "--base-url",
@@ -281,7 +288,7 @@ def _fetch(args: argparse.Namespace, stdin: TextIO, out: TextIO, err: TextIO) ->
     source = args.ids
     if source is None:
         raise ValueError("give the ids with --ids FILE, or '-' to read standard input")
-    output = Path(args.output) if args.output else None
+    output = Path(args.output) if args.output not in (None, "-") else None
     fmt = args.format or (
         output.suffix.lstrip(".").lower()
         if output is not None and output.suffix.lstrip(".").lower() in FORMATS
@@ -306,6 +313,7 @@ def _fetch(args: argparse.Namespace, stdin: TextIO, out: TextIO, err: TextIO) ->
             project=args.project,
             chunk_size=args.chunk_size,
             max_concurrency=args.concurrency,
+            max_retries=args.max_retries,
         ) as client:
             try:
                 result = await client.fetch_property(args.property, ids, progress=progress)
@@ -319,7 +327,8 @@ def _fetch(args: argparse.Namespace, stdin: TextIO, out: TextIO, err: TextIO) ->
         raise
     except BrainCircuitsError as error:
         print(f"braincircuits-async: {type(error).__name__}: {error}", file=err)
-        return 1
+        # An unknown property or project (404, 422) is bad usage, not a failed segment.
+        return 2 if is_fatal(error) else 1
     _write(result, fmt, output, out)
     print(
         f"{len(result):,} segment(s) written, {len(result.missing):,} unknown to the server, "

@@ -28,6 +28,8 @@ from ._config import (
     Consistency,
     RetryPolicy,
     Secret,
+    cave_secrets_folder,
+    cave_token_from_files,
     resolve_base_url,
     resolve_cave_token,
     resolve_token,
@@ -162,6 +164,8 @@ class AsyncClient:
         )
         self._token = resolve_token(token)
         self._cave_token = resolve_cave_token(cave_token)
+        self._cave_secrets = cave_secrets_folder()
+        self._cave_files: dict[str, Secret | None] = {}
         self._http = ConnectionPools(self._config, transport)
         self._limiter = RequestGate(
             self._config.max_concurrency,
@@ -182,12 +186,16 @@ class AsyncClient:
         def shown(secret: Secret | None) -> str:
             return "not set" if secret is None else f"set from {secret.source}"
 
+        cave = shown(self._cave_token)
+        if self._cave_token is None and any(self._cave_files.values()):
+            cave = "from CAVEclient's secret files, for CAVE projects"
+
         c = self._config
         return (
             f"<AsyncClient base_url={c.base_url!r} project={c.project!r} "
             f"chunk_size={c.chunk_size} max_concurrency={c.max_concurrency} "
             f"consistency={c.consistency!r} token=<{shown(self._token)}> "
-            f"cave_token=<{shown(self._cave_token)}>>"
+            f"cave_token=<{cave}>>"
         )
 
     async def __aenter__(self) -> AsyncClient:
@@ -208,10 +216,14 @@ class AsyncClient:
     async def aclose(self) -> None:
         """Close the connections and stop any stream. The client cannot be used afterwards."""
         tasks, self._tasks = self._tasks, None
-        if tasks is not None:
-            tasks.cancel_scope.cancel()
-            await tasks.__aexit__(None, None, None)
-        await self._http.aclose()
+        try:
+            if tasks is not None:
+                # Must run in the task that opened the client (anyio task groups are
+                # bound to it): open and close it with one `async with`.
+                tasks.cancel_scope.cancel()
+                await tasks.__aexit__(None, None, None)
+        finally:
+            await self._http.aclose()
 
     async def fetch_property(
         self,
@@ -255,7 +267,7 @@ class AsyncClient:
             return SegmentPropertyResult(
                 {}, property=prop, project=proj, materialized_timestamp=None
             )
-        headers = auth_headers(self._token, self._cave_token, proj)
+        headers = auth_headers(self._token, self._cave_for(proj), proj)
         reporter = make_reporter(progress, len(ids), prop)
         call = Call(
             self, prop, proj, ids, headers, reporter=reporter, deadline=self._deadline(deadline)
@@ -304,7 +316,7 @@ class AsyncClient:
                 p: SegmentPropertyResult({}, property=p, project=proj, materialized_timestamp=None)
                 for p in props
             }
-        headers = auth_headers(self._token, self._cave_token, proj)
+        headers = auth_headers(self._token, self._cave_for(proj), proj)
         reporter = make_reporter(progress, len(ids) * len(props), ",".join(props))
         combined = _CombinedProgress(reporter, len(ids) * len(props)) if reporter else None
         reference = Reference()
@@ -391,7 +403,7 @@ class AsyncClient:
                 "iter_property needs an open client: use it inside "
                 "`async with AsyncClient(...) as client:`"
             )
-        headers = auth_headers(self._token, self._cave_token, proj) if ids else AuthHeaders()
+        headers = auth_headers(self._token, self._cave_for(proj), proj) if ids else AuthHeaders()
         reporter = make_reporter(progress, len(ids), prop) if ids else None
         # As many buffered results as workers: a worker whose chunk is done need not
         # wait for the reader, and results fetched before an error reach it first.
@@ -412,6 +424,14 @@ class AsyncClient:
         else:
             producer.finish()
         return stream
+
+    def _cave_for(self, project: str) -> Secret | None:
+        """The CAVE token for ``project``: the explicit one, else CAVEclient's file."""
+        if self._cave_token is not None:
+            return self._cave_token
+        if project not in self._cave_files:
+            self._cave_files[project] = cave_token_from_files(project, self._cave_secrets)
+        return self._cave_files[project]
 
     def _deadline(self, deadline: float | None) -> float | None:
         if deadline is None:

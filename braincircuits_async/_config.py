@@ -22,6 +22,8 @@ __all__ = [
     "Consistency",
     "RetryPolicy",
     "Secret",
+    "cave_secrets_folder",
+    "cave_token_from_files",
     "resolve_base_url",
     "resolve_cave_token",
     "resolve_token",
@@ -32,8 +34,11 @@ DEFAULT_BASE_URL = "https://api.braincircuits.io"
 #: Projects managed by CAVE, for which the server wants the CAVE token too.
 CAVE_PROJECTS = frozenset({"fruitfly_fafb_flywire", "fruitfly_fanc_cave"})
 
-#: The CAVE server whose secret file wins when CAVEclient left several (FlyWire's).
-CAVE_DEFAULT_SERVER = "global.daf-apis.com"
+#: The CAVE server of each CAVE-managed project, to find CAVEclient's secret file.
+CAVE_SERVERS = {
+    "fruitfly_fafb_flywire": "global.daf-apis.com",
+    "fruitfly_fanc_cave": "cave.fanc-fly.com",
+}
 
 logger = logging.getLogger("braincircuits_async")
 
@@ -113,40 +118,29 @@ def resolve_token(value: str | None, environ: Mapping[str, str] | None = None) -
 
 
 def resolve_cave_token(
-    value: str | None,
-    environ: Mapping[str, str] | None = None,
-    secrets_dir: Path | None = None,
+    value: str | None, environ: Mapping[str, str] | None = None
 ) -> Secret | None:
-    """The CAVE token, from the first of these that has one:
-
-    1. the ``cave_token=`` argument;
-    2. the environment variable ``BRAINCIRCUITS_CAVE_TOKEN``, then ``CAVE_TOKEN``;
-    3. CAVEclient's secret file ``~/.cloudvolume/secrets/cave-secret.json`` (key
-       ``token``), then a server-specific ``*-cave-secret.json`` there (FlyWire's
-       ``global.daf-apis.com-cave-secret.json`` first, then by name).
+    """The CAVE token given explicitly: ``cave_token=``, else ``BRAINCIRCUITS_CAVE_TOKEN``,
+    else ``CAVE_TOKEN``. Such a token is sent with every request, whatever the project.
     """
-    secret = _secret(value, "cave_token", CAVE_TOKEN_ENV, environ)
-    if secret is not None:
-        return secret
-    return _from_cave_secret_files(
-        Path.home() / ".cloudvolume" / "secrets" if secrets_dir is None else secrets_dir
-    )
+    return _secret(value, "cave_token", CAVE_TOKEN_ENV, environ)
 
 
-def _from_cave_secret_files(folder: Path) -> Secret | None:
-    """The token in CAVEclient's secret files, if any (unreadable files are skipped)."""
-    try:
-        specific = sorted(folder.glob("*-cave-secret.json"))
-    except OSError:
+def cave_token_from_files(project: str, folder: Path) -> Secret | None:
+    """The CAVE token that CAVEclient saved for ``project``'s CAVE server, if any.
+
+    Only for CAVE-managed projects, and only the file of that project's server
+    (``global.daf-apis.com-cave-secret.json`` for FlyWire, ...), then CAVEclient's
+    default ``cave-secret.json``: a token saved for another server is never sent.
+    Unreadable files are skipped with a warning that names the file, not its content.
+    """
+    server = CAVE_SERVERS.get(project)
+    if server is None:
         return None
-    preferred = folder / f"{CAVE_DEFAULT_SERVER}-cave-secret.json"
-    candidates = [folder / "cave-secret.json", preferred] + [
-        path for path in specific if path != preferred
-    ]
-    for path in candidates:
+    for path in (folder / f"{server}-cave-secret.json", folder / "cave-secret.json"):
         try:
             token = json.loads(path.read_text(encoding="utf-8")).get("token")
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             continue
         except (OSError, ValueError, AttributeError):
             logger.warning("skipping CAVE secret file %s: not a JSON object with a token", path)
@@ -155,6 +149,11 @@ def _from_cave_secret_files(folder: Path) -> Secret | None:
             _check_token_text(token.strip(), f"the CAVE secret file {path}")
             return Secret(token.strip(), str(path))
     return None
+
+
+def cave_secrets_folder() -> Path:
+    """Where CAVEclient keeps its secret files: ``~/.cloudvolume/secrets``."""
+    return Path.home() / ".cloudvolume" / "secrets"
 
 
 def resolve_base_url(value: str | None, environ: Mapping[str, str] | None = None) -> str:

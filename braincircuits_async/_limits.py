@@ -4,8 +4,10 @@ One :class:`RequestGate` per client admits every request of every call, so
 when the server says "too many requests" the whole client slows down, not just
 the chunk that got the 429. The limit adapts like TCP's congestion window:
 it halves on a 429 (at most once per window: answers to requests sent before
-the last cut carry no news) and grows by ``increase`` after every window of
-``limit`` successful answers, between 1 and ``max_concurrency``.
+the last cut carry no news) and grows by ``INCREASE`` after every window of
+``limit`` successful answers, between 1 and ``max_concurrency``. Below one
+request in flight it goes on in time: further 429s double a gap between
+request starts (from 50 ms, up to 10 s), and each window of successes halves it.
 """
 
 from __future__ import annotations
@@ -18,8 +20,12 @@ import anyio
 __all__ = ["RequestGate"]
 
 #: Growth per window of successes. The textbook +1 kept probing a hard rate limit
-#: so often that it drew 2-3x as many 429s as +0.25 (docs/performance.md).
+#: so often that it drew 2-3x as many 429s as +0.25 (docs/errors.md).
 INCREASE = 0.25
+#: The first gap between request starts once one request in flight is too many,
+#: and the longest.
+FIRST_GAP = 0.05
+MAX_GAP = 10.0
 
 
 class RequestGate:
@@ -38,6 +44,7 @@ class RequestGate:
         "_successes",
         "adaptive",
         "cuts",
+        "gap",
         "limit",
         "max_concurrency",
         "rate",
@@ -56,13 +63,16 @@ class RequestGate:
         self._last_cut = -math.inf
         self._successes = 0
         self._next_start = 0.0
+        #: Seconds between request starts, once the limit is down to one (0: none).
+        self.gap = 0.0
 
     async def __aenter__(self) -> float:
         """Wait for a slot (and, with a rate, for the next start); return the start time."""
-        if self.rate is not None:
+        spacing = max(self.gap, 0.0 if self.rate is None else 1.0 / self.rate)
+        if spacing:
             now = time.monotonic()
             start = max(now, self._next_start)
-            self._next_start = start + 1.0 / self.rate
+            self._next_start = start + spacing
             if start > now:
                 await anyio.sleep(start - now)
         try:
@@ -81,16 +91,22 @@ class RequestGate:
         self._last_cut = time.monotonic()
         self._successes = 0
         self.cuts += 1
+        if self.limit <= 1:
+            # One request at a time is still too many: space the starts out.
+            self.gap = min(MAX_GAP, max(FIRST_GAP, 2 * self.gap))
         self._set(max(1.0, self.limit / 2))
 
     def succeeded(self) -> None:
-        """A request was answered: after a window of such answers, grow the limit."""
-        if not self.adaptive or self.limit >= self.max_concurrency:
+        """A request was answered: after a window of such answers, ease off."""
+        if not self.adaptive or (self.limit >= self.max_concurrency and not self.gap):
             return
         self._successes += 1
         if self._successes >= int(self.limit):
             self._successes = 0
-            self._set(min(float(self.max_concurrency), self.limit + INCREASE))
+            if self.gap:
+                self.gap = self.gap / 2 if self.gap / 2 >= FIRST_GAP / 4 else 0.0
+            else:
+                self._set(min(float(self.max_concurrency), self.limit + INCREASE))
 
     def _set(self, limit: float) -> None:
         self.limit = limit

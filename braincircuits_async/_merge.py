@@ -51,7 +51,7 @@ def loads(body: bytes) -> Any:
     return json.loads(body)
 
 
-__all__ = ["ChunkAnswer", "newest_timestamp", "parse_answer", "stale_chunks"]
+__all__ = ["ChunkAnswer", "loads", "newest_timestamp", "parse_answer"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,10 +151,3 @@ def _unexpected_keys(results: dict[str, Any], keys: Sequence[str]) -> str:
 def newest_timestamp(answers: Iterable[ChunkAnswer]) -> int | None:
     """The newest materialization among ``answers`` (``None`` if there are none)."""
     return max((answer.timestamp for answer in answers), default=None)
-
-
-def stale_chunks(answers: Iterable[ChunkAnswer]) -> list[ChunkAnswer]:
-    """The answers that are not from the newest materialization among them."""
-    answers = list(answers)
-    newest = newest_timestamp(answers)
-    return [answer for answer in answers if answer.timestamp != newest]

@@ -18,6 +18,7 @@ from types import TracebackType
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
+from ._exceptions import BrainCircuitsError
 from ._models import SegmentPropertyResult
 
 __all__ = ["Producer", "PropertyStream"]
@@ -34,6 +35,8 @@ class Producer:
     def __init__(self, send: MemoryObjectSendStream[SegmentPropertyResult | BaseException]) -> None:
         self._send = send
         self.scope = anyio.CancelScope()
+        #: Stopped from outside (the client closed), not by the reader nor by finishing.
+        self.interrupted = False
 
     async def put(self, result: SegmentPropertyResult) -> None:
         """Hand one chunk's result to the reader; waits while the buffer is full."""
@@ -49,6 +52,13 @@ class Producer:
         with self.scope, self._send:
             try:
                 await job()
+            except anyio.get_cancelled_exc_class():
+                # Cancelled, but not through our own scope (the reader stopping): the
+                # client was closed under a running stream. The reader must hear of it,
+                # not see a normal end with part of the data.
+                if not self.scope.cancel_called:
+                    self.interrupted = True
+                raise
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 pass  # the reader has gone
             except Exception as error:
@@ -89,6 +99,12 @@ class PropertyStream:
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             self._stopped = True
             self._receive.close()
+            if self.producer.interrupted:
+                raise BrainCircuitsError(
+                    "the client was closed while this stream was still fetching; the "
+                    "results so far were yielded, the rest was not fetched. Read the "
+                    "stream inside `async with AsyncClient(...) as client:`"
+                ) from None
             raise StopAsyncIteration from None
         if isinstance(item, BaseException):
             self._stop()

@@ -15,7 +15,13 @@ from collections.abc import Mapping
 import httpx
 
 from ._config import CAVE_PROJECTS, ClientConfig, Secret
-from ._exceptions import APIStatusError, AuthenticationError, RateLimitError, excerpt
+from ._exceptions import (
+    APIStatusError,
+    AuthenticationError,
+    MalformedResponseError,
+    RateLimitError,
+    excerpt,
+)
 from ._retry import parse_retry_after
 from ._version import __version__
 
@@ -27,6 +33,7 @@ __all__ = [
     "check_base_url",
     "error_for_status",
     "is_loopback",
+    "scrubbed",
 ]
 
 ENDPOINT = "/circuit/segment/property/{property}"
@@ -182,10 +189,32 @@ def auth_headers(token: Secret | None, cave_token: Secret | None, project: str) 
     return headers
 
 
+def scrubbed(
+    error: MalformedResponseError, token: Secret | None, cave_token: Secret | None
+) -> MalformedResponseError:
+    """``error`` with any echo of a token blanked from its message and body excerpt.
+
+    A 200 answer's body is quoted in the error when it is not the documented
+    shape, and a misbehaving server may echo request headers into it.
+    """
+    secrets = (token, cave_token)
+    error.args = tuple(_scrub(a, secrets) if isinstance(a, str) else a for a in error.args)
+    error.body = _scrub(error.body, secrets)
+    return error
+
+
 def _scrub(text: str, secrets: tuple[Secret | None, ...]) -> str:
+    """Blank every token in ``text``, and a token's start cut off by an excerpt's "…"."""
     for secret in secrets:
-        if secret is not None:
-            text = text.replace(secret.reveal(), "<hidden>")
+        if secret is None:
+            continue
+        value = secret.reveal()
+        text = text.replace(value, "<hidden>")
+        if text.endswith("…"):
+            for size in range(len(value) - 1, 3, -1):
+                if text[:-1].endswith(value[:size]):
+                    text = text[: -1 - size] + "<hidden>…"
+                    break
     return text
 
 

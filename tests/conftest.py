@@ -101,6 +101,7 @@ class ScriptedServer(httpx.AsyncBaseTransport):
         self.in_flight = 0
         self.max_in_flight = 0
         self.completed = 0
+        self.requests_failed = 0  # answered by the handler with an error status
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
@@ -113,6 +114,8 @@ class ScriptedServer(httpx.AsyncBaseTransport):
             if self.handler is not None:
                 override = await self.handler(request, number)
                 if override is not None:
+                    if override.status_code >= 400:
+                        self.requests_failed += 1
                     return override
             return httpx.Response(
                 200, json=answer(requested(request), self.timestamp, self.unknown)

@@ -97,7 +97,7 @@ async def test_repeated_timeouts_halve_a_big_chunk_instead_of_failing_it(
     make_client: Any,
 ) -> None:
     async def handler(request: httpx.Request, number: int) -> httpx.Response | None:
-        if len(requested(request)) > 4:
+        if len(requested(request)) > 8:
             raise httpx.ReadTimeout("too big to answer in time")
         return None
 
@@ -105,10 +105,25 @@ async def test_repeated_timeouts_halve_a_big_chunk_instead_of_failing_it(
     async with make_client(transport=server, chunk_size=16) as client:
         result = await client.fetch_property("link_pre", range(16))
     assert list(result) == list(range(16))
-    sizes = [len(c) for c in server.segments_requested]
-    # 16 and 8 each timed out twice (not max_retries + 1 times), then were halved.
-    assert sorted(s for s in sizes if s > 4) == [8, 8, 8, 8, 16, 16]
-    assert client.stats.splits == 3
+    # The 16 timed out twice (not max_retries + 1 times), then its halves succeeded.
+    assert sorted(len(c) for c in server.segments_requested) == [8, 8, 16, 16]
+    assert client.stats.splits == 1
+
+
+async def test_when_the_halves_time_out_too_splitting_stops(make_client: Any) -> None:
+    async def handler(request: httpx.Request, number: int) -> httpx.Response | None:
+        raise httpx.ReadTimeout("the server is just slow")
+
+    server = ScriptedServer(handler=handler)
+    async with make_client(transport=server, chunk_size=64, max_retries=3) as client:
+        with pytest.raises(bca.APITimeoutError):
+            await client.fetch_property("link_pre", range(64))
+    sizes = sorted(len(c) for c in server.segments_requested)
+    # One split only (no cascade down to single ids): 2 tries of the 64, then each
+    # half gets its full 1 + 3 tries (one half had 2 of them before splitting stopped).
+    assert set(sizes) == {32, 64}
+    assert len(sizes) <= 2 + 2 + 2 * 4
+    assert client.stats.splits == 1
 
 
 async def test_a_single_segment_that_keeps_timing_out_fails_after_its_retries(

@@ -145,21 +145,37 @@ def test_a_refused_token_exits_2_without_printing_it(
 def test_failed_segments_exit_1_and_the_rest_is_written(
     monkeypatch: pytest.MonkeyPatch, ids_file: Path, tmp_path: Path, capsys: Any
 ) -> None:
-    fake = testing.FakeBrainCircuits(max_segments=50)  # one chunk of 500 would get 413...
+    # Half the requests fail with 503 and are not retried: some chunks fail for good.
+    fake = testing.FakeBrainCircuits(faults={"503": 0.5}, max_consecutive_faults=100, seed=1)
+    out_file = tmp_path / "out.jsonl"
     with testing.serve_in_thread(fake) as url:
         monkeypatch.setenv("BRAINCIRCUITS_URL", url)
         monkeypatch.setenv("BRAINCIRCUITS_TOKEN", testing.DEFAULT_TOKEN)
         monkeypatch.setenv("BRAINCIRCUITS_CAVE_TOKEN", testing.DEFAULT_CAVE_TOKEN)
-        # ...and is split, so all succeed: exit 0. A project the fake does not know
-        # fails every chunk at once with a 404: exit 1, nothing to write.
-        code, out, _ = run(
-            capsys, "size", "--project", "fruitfly_fafb_flywire", "--ids", str(ids_file)
-        )
-        assert code == 0
-        assert len(out.splitlines()) > 250
-        code, out, err = run(capsys, "size", "--project", "hemibrain2", "--ids", str(ids_file))
+        code, _, err = run(
+            capsys, "size", "--project", "fruitfly_fafb_flywire", "--ids", str(ids_file),
+            "--chunk-size", "20", "--max-retries", "0", "-o", str(out_file),
+        )  # fmt: skip
     assert code == 1
+    written = [json.loads(line)["segment_id"] for line in out_file.read_text().splitlines()]
+    assert 0 < len(written) < len(IDS)
+    assert "failed" in err
+    assert "503" in err
+
+
+def test_an_unknown_project_is_bad_usage_exit_2(env: str, ids_file: Path, capsys: Any) -> None:
+    code, out, err = run(capsys, "size", "--project", "hemibrain2", "--ids", str(ids_file))
+    assert code == 2
     assert "404" in err
+    assert out == ""
+
+
+def test_dash_as_output_means_standard_output(env: str, ids_file: Path, capsys: Any) -> None:
+    code, out, _ = run(
+        capsys, "size", "--project", "fruitfly_fafb_flywire", "--ids", str(ids_file), "-o", "-"
+    )
+    assert code == 0
+    assert out.startswith('{"segment_id": ')
 
 
 def test_parquet_output_round_trips(

@@ -198,7 +198,9 @@ async def test_ignore_stream_yields_each_chunk_with_its_own_timestamp(
     assert any("ignore" in r.message for r in caplog.records)
 
 
-async def test_closing_the_client_stops_a_running_stream(make_client: Any) -> None:
+async def test_closing_the_client_stops_a_running_stream_and_the_reader_is_told(
+    make_client: Any,
+) -> None:
     server = ScriptedServer(latency=0.01)
     client = make_client(transport=server, chunk_size=10)
     async with client:
@@ -208,3 +210,28 @@ async def test_closing_the_client_stops_a_running_stream(make_client: Any) -> No
     await anyio.sleep(0.05)
     assert len(server.requests) == sent
     assert server.in_flight == 0
+    # The reader gets an error, not a normal end with part of the data.
+    with pytest.raises(bca.BrainCircuitsError, match="client was closed"):
+        async for _ in stream:
+            pass
+
+
+async def test_a_slow_reader_bounds_what_is_held_even_while_chunks_are_retried(
+    make_client: Any,
+) -> None:
+    async def handler(request: httpx.Request, number: int) -> httpx.Response | None:
+        # Every other request fails with a 500: retries, and stand-ins during them.
+        return httpx.Response(500) if number % 2 else None
+
+    server = ScriptedServer(handler=handler)
+    async with make_client(
+        transport=server, chunk_size=10, max_concurrency=4, backoff_base=0.02, max_retries=8
+    ) as client:
+        stream = client.iter_property("link_pre", range(5000))
+        await stream.__anext__()
+        await anyio.sleep(0.3)  # the reader stalls while retries go on
+        answered = len(server.requests) - server.requests_failed
+        await stream.aclose()
+    # One read, a buffer of 8, and at most 4 workers plus 4 stand-ins waiting to hand
+    # their result over: a bound that does not grow with the 500 chunks.
+    assert answered <= 1 + 8 + 4 + 4

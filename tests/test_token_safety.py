@@ -181,3 +181,19 @@ def test_a_bad_token_in_the_environment_names_the_variable(
     with pytest.raises(ValueError, match="environment variable CAVE_TOKEN") as caught:
         bca.AsyncClient(token="t", base_url="https://api.test")
     assert "naïve" not in str(caught.value)
+
+
+@pytest.mark.parametrize("cut", [0, 280, 295])
+async def test_a_200_answer_echoing_a_token_does_not_leak_it_through_the_error(
+    make_client: Any, cut: int
+) -> None:
+    async def handler(request: httpx.Request, number: int) -> httpx.Response:
+        page = "x" * cut + f"<html>{request.headers['authorization-cave']}</html>"
+        return httpx.Response(200, text=page)
+
+    async with make_client(transport=ScriptedServer(handler=handler), max_retries=0) as client:
+        with pytest.raises(bca.MalformedResponseError) as caught:
+            await client.fetch_property("link_pre", [1])
+    for secret in SECRETS:
+        for start in range(len(secret) - 5):
+            assert secret[start : start + 6] not in full_text(caught.value)
