@@ -18,20 +18,31 @@ from .conftest import ScriptedServer
 pytestmark = pytest.mark.anyio
 
 
-def test_a_429_halves_the_limit_down_to_one() -> None:
+def test_two_429s_in_a_window_halve_the_limit_down_to_one() -> None:
     gate = RequestGate(16)
     limits = []
-    for _ in range(6):
+    for _ in range(12):
         gate.throttled(sent_at=time.monotonic() + 1)  # each sent after the last cut
         limits.append(gate.limit)
-    assert limits == [8, 4, 2, 1, 1, 1]
+    assert limits == [16, 8, 8, 4, 4, 2, 2, 1, 1, 1, 1, 1]
+
+
+def test_a_single_429_in_a_window_of_successes_is_taken_for_chance() -> None:
+    gate = RequestGate(8)
+    for _ in range(5):
+        gate.throttled(sent_at=time.monotonic() + 1)
+        for _ in range(8):  # a full window of successes in between
+            gate.succeeded()
+    assert gate.limit == 8
+    assert gate.cuts == 0
 
 
 def test_429s_for_requests_sent_before_the_last_cut_do_not_cut_again() -> None:
     gate = RequestGate(16)
     before = time.monotonic()
     gate.throttled(sent_at=before)
-    gate.throttled(sent_at=before)  # in flight when the first cut happened
+    gate.throttled(sent_at=before)  # the second strike: a cut
+    gate.throttled(sent_at=before)  # in flight when the cut happened
     gate.throttled(sent_at=before - 1)
     assert gate.limit == 8
     assert gate.cuts == 1
@@ -39,6 +50,7 @@ def test_429s_for_requests_sent_before_the_last_cut_do_not_cut_again() -> None:
 
 def test_the_limit_grows_back_gently_after_windows_of_successes() -> None:
     gate = RequestGate(8)
+    gate.throttled(sent_at=time.monotonic() + 1)
     gate.throttled(sent_at=time.monotonic() + 1)
     assert gate.limit == 4
     for _ in range(4):  # one window: as many successes as the limit
@@ -51,7 +63,8 @@ def test_the_limit_grows_back_gently_after_windows_of_successes() -> None:
 
 def test_a_fixed_gate_never_moves() -> None:
     gate = RequestGate(8, adaptive=False)
-    gate.throttled(sent_at=time.monotonic() + 1)
+    for _ in range(4):
+        gate.throttled(sent_at=time.monotonic() + 1)
     gate.succeeded()
     assert gate.limit == 8
 
@@ -173,12 +186,16 @@ async def test_against_a_hard_rate_limit_the_adaptive_client_finishes_with_few_4
 
 def test_below_one_request_in_flight_further_429s_space_the_starts_out() -> None:
     gate = RequestGate(2)
-    now = time.monotonic
-    gate.throttled(sent_at=now() + 1)  # 2 -> 1
+
+    def strike_twice() -> None:
+        for _ in range(2):
+            gate.throttled(sent_at=time.monotonic() + 1)
+
+    strike_twice()  # 2 -> 1
     assert (gate.limit, gate.gap) == (1, 0)
-    gate.throttled(sent_at=now() + 2)  # already at 1: a gap between starts
+    strike_twice()  # already at 1: a gap between starts
     assert gate.gap == 0.05
-    gate.throttled(sent_at=now() + 3)
+    strike_twice()
     assert gate.gap == 0.1
     for _ in range(3):  # windows of successes shrink the gap before the limit grows
         gate.succeeded()
