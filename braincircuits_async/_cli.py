@@ -73,6 +73,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _add_client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--chunk-size", type=_positive_int, default=500, help="ids per request (default: 500)"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=8,
+        help="requests in flight at once (default: 8)",
+    )
+
+
+def _fake_faults(args: argparse.Namespace) -> dict[str, float]:
+    """The fault table from --faults, else --fault-rate spread over FAULT_MIX."""
+    return args.faults if args.faults is not None else _fault_table(args.fault_rate)
+
+
 def _add_fake_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--latency-ms",
@@ -155,15 +172,7 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         help="progress bar on standard error (default: on when it is a terminal)",
     )
-    fetch.add_argument(
-        "--chunk-size", type=_positive_int, default=500, help="ids per request (default: 500)"
-    )
-    fetch.add_argument(
-        "--concurrency",
-        type=_positive_int,
-        default=8,
-        help="requests in flight at once (default: 8)",
-    )
+    _add_client_options(fetch)
     fetch.add_argument(
         "--max-retries",
         type=int,
@@ -195,15 +204,7 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--property", default="link_pre", help="property to fetch (default: %(default)s)"
     )
-    demo.add_argument(
-        "--chunk-size", type=_positive_int, default=500, help="ids per request (default: 500)"
-    )
-    demo.add_argument(
-        "--concurrency",
-        type=_positive_int,
-        default=8,
-        help="requests in flight at once (default: 8)",
-    )
+    _add_client_options(demo)
     demo.add_argument(
         "--no-progress", action="store_true", help="do not draw a progress bar on stderr"
     )
@@ -368,7 +369,7 @@ def _fake_server(args: argparse.Namespace, err: TextIO) -> int:
     fake = FakeBrainCircuits(
         latency=args.latency_ms / 1000,
         latency_per_segment=args.latency_per_segment_us / 1e6,
-        faults=args.faults if args.faults is not None else _fault_table(args.fault_rate),
+        faults=_fake_faults(args),
         retry_after=args.retry_after,
         max_segments=args.max_segments,
         rollover_after=args.rollover_after,
@@ -395,7 +396,7 @@ def _demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     fake = FakeBrainCircuits(
         latency=args.latency_ms / 1000,
-        faults=args.faults if args.faults is not None else _fault_table(args.fault_rate),
+        faults=_fake_faults(args),
         retry_after=args.retry_after,
         seed=args.seed,
     )
