@@ -89,14 +89,27 @@ async def test_the_bound_holds_across_concurrent_calls_on_one_client(make_client
     assert server.max_in_flight == 4
 
 
-async def test_one_http_client_is_reused_across_calls(make_client: Any) -> None:
+async def test_httpx_clients_are_built_once_per_client_not_per_call(
+    make_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[httpx.AsyncClient] = []
+    real_init = httpx.AsyncClient.__init__
+
+    def counting_init(self: httpx.AsyncClient, *args: Any, **kwargs: Any) -> None:
+        built.append(self)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(httpx.AsyncClient, "__init__", counting_init)
     server = ScriptedServer()
-    async with make_client(transport=server) as client:
-        http = client._http
-        await client.fetch_property("size", [1])
-        await client.fetch_property("size", [2])
-        assert client._http is http
-    assert client.stats.requests == 2
+    async with make_client(transport=server, chunk_size=1, max_concurrency=16) as client:
+        at_start = len(built)
+        await client.fetch_property("size", range(20))
+        await client.fetch_properties(["size", "link_pre"], range(20))
+        async for _ in client.iter_property("size", range(20)):
+            pass
+    assert at_start == 1  # one httpx client around the caller's transport
+    assert len(built) == at_start  # and no call built another
+    assert client.stats.requests == 80
 
 
 async def test_client_project_is_the_default_and_a_call_can_override_it(make_client: Any) -> None:
