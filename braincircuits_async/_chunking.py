@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from ._exceptions import InvalidSegmentError
+from ._exceptions import InvalidArgumentError, InvalidSegmentError
 
 __all__ = [
     "MAX_SEGMENT_ID",
@@ -31,9 +31,11 @@ _PROJECT_RE = re.compile(r"[A-Za-z0-9_.-]+")
 def validate_property(name: object) -> str:
     """Return ``name`` if it is a valid property name (letters, digits, ``_``, ``-``)."""
     if not isinstance(name, str):
-        raise TypeError(f"property must be a string such as 'link_pre', not {type(name).__name__}")
+        raise InvalidArgumentError(
+            f"property must be a string such as 'link_pre', not {type(name).__name__}"
+        )
     if not _PROPERTY_RE.fullmatch(name):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"property {name!r} is not a valid name: use only letters, digits, '_' and '-' "
             "(for example 'link_pre', 'size', 'connectivity')"
         )
@@ -43,14 +45,14 @@ def validate_property(name: object) -> str:
 def validate_project(name: object) -> str:
     """Return ``name`` if it is a valid project name, else explain how to pass one."""
     if name is None:
-        raise ValueError(
+        raise InvalidArgumentError(
             "no project given: pass project= to fetch_property() or to AsyncClient() "
             "(for example project='fruitfly_fafb_flywire')"
         )
     if not isinstance(name, str):
-        raise TypeError(f"project must be a string, not {type(name).__name__}")
+        raise InvalidArgumentError(f"project must be a string, not {type(name).__name__}")
     if not _PROJECT_RE.fullmatch(name):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"project {name!r} is not a valid name: use only letters, digits, '_', '-' and '.'"
         )
     return name
@@ -125,9 +127,10 @@ def normalize_segments(segments: Iterable[Any]) -> list[int]:
         or not hasattr(segments, "__iter__")
         or (_is_ndarray(segments) and getattr(segments, "ndim", 1) == 0)
     ):
-        raise TypeError(
+        raise InvalidSegmentError(
             "segments must be an iterable of segment ids (a list, tuple, numpy array, ...), "
-            f"not {type(segments).__name__}; wrap a single id in a list: [720575940634474894]"
+            f"not {type(segments).__name__}; wrap a single id in a list: [720575940634474894]",
+            position=None,
         )
     if _is_ndarray(segments):
         kind = segments.dtype.kind  # type: ignore[attr-defined]

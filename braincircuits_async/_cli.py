@@ -22,6 +22,12 @@ from typing import TextIO
 import anyio
 
 from ._client import AsyncClient
+from ._config import (
+    DEFAULT_BASE_URL,
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_RETRIES,
+)
 from ._exceptions import AuthenticationError, BrainCircuitsError, IncompleteResultError
 from ._export import FORMATS, read_ids, write_csv, write_jsonl, write_parquet
 from ._models import SegmentPropertyResult
@@ -75,13 +81,16 @@ def _positive_int(text: str) -> int:
 
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--chunk-size", type=_positive_int, default=500, help="ids per request (default: 500)"
+        "--chunk-size",
+        type=_positive_int,
+        default=DEFAULT_CHUNK_SIZE,
+        help="ids per request (default: %(default)s)",
     )
     parser.add_argument(
         "--concurrency",
         type=_positive_int,
-        default=8,
-        help="requests in flight at once (default: 8)",
+        default=DEFAULT_MAX_CONCURRENCY,
+        help="requests in flight at once (default: %(default)s)",
     )
 
 
@@ -176,13 +185,13 @@ def _build_parser() -> argparse.ArgumentParser:
     fetch.add_argument(
         "--max-retries",
         type=int,
-        default=5,
-        help="retries per request for transient failures (default: 5)",
+        default=DEFAULT_MAX_RETRIES,
+        help="retries per request for transient failures (default: %(default)s)",
     )
     fetch.add_argument(
         "--base-url",
         default=None,
-        help="API address (default: BRAINCIRCUITS_URL, else https://api.braincircuits.io)",
+        help=f"API address (default: BRAINCIRCUITS_URL, else {DEFAULT_BASE_URL})",
     )
     fetch.add_argument(
         "-v", "--verbose", action="store_true", help="log each retry on standard error"

@@ -24,6 +24,17 @@ import httpx
 from ._call import Call, Reference, run_all
 from ._chunking import normalize_segments, validate_project, validate_property
 from ._config import (
+    DEFAULT_BACKOFF_BASE,
+    DEFAULT_BACKOFF_MAX,
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_CONNECTIONS_PER_POOL,
+    DEFAULT_CONSISTENCY,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_REFETCH_ROUNDS,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_MAX_RETRY_AFTER,
+    DEFAULT_TIMEOUT,
     ClientConfig,
     Consistency,
     RetryPolicy,
@@ -34,7 +45,12 @@ from ._config import (
     resolve_cave_token,
     resolve_token,
 )
-from ._exceptions import BrainCircuitsError, IncompleteResultError
+from ._exceptions import (
+    BrainCircuitsError,
+    ClientClosedError,
+    IncompleteResultError,
+    InvalidArgumentError,
+)
 from ._limits import RequestGate
 from ._models import SegmentPropertyResult
 from ._progress import Progress, ProgressArg, Reporter, make_reporter
@@ -122,20 +138,20 @@ class AsyncClient:
         cave_token: str | None = None,
         base_url: str | None = None,
         project: str | None = None,
-        chunk_size: int = 500,
-        max_concurrency: int = 8,
-        max_retries: int = 5,
-        timeout: float = 30.0,
-        consistency: Consistency = "refetch",
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        timeout: float = DEFAULT_TIMEOUT,
+        consistency: Consistency = DEFAULT_CONSISTENCY,
         transport: httpx.AsyncBaseTransport | None = None,
-        backoff_base: float = 0.1,
-        backoff_max: float = 30.0,
-        max_retry_after: float = 120.0,
-        max_refetch_rounds: int = 3,
-        connections_per_pool: int = 8,
+        backoff_base: float = DEFAULT_BACKOFF_BASE,
+        backoff_max: float = DEFAULT_BACKOFF_MAX,
+        max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
+        max_refetch_rounds: int = DEFAULT_MAX_REFETCH_ROUNDS,
+        connections_per_pool: int = DEFAULT_CONNECTIONS_PER_POOL,
         adaptive_concurrency: bool = True,
         max_requests_per_second: float | None = None,
-        max_response_bytes: int = 256 * 2**20,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         deadline: float | None = None,
     ) -> None:
         url = resolve_base_url(base_url)
@@ -399,7 +415,7 @@ class AsyncClient:
         """
         (prop,), proj, ids = self._prepare([property], segments, project)
         if self._tasks is None:
-            raise RuntimeError(
+            raise ClientClosedError(
                 "iter_property needs an open client: use it inside "
                 "`async with AsyncClient(...) as client:`"
             )
@@ -437,7 +453,9 @@ class AsyncClient:
         if deadline is None:
             return self._config.deadline
         if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or deadline <= 0:
-            raise ValueError(f"deadline must be a number of seconds > 0; got {deadline!r}")
+            raise InvalidArgumentError(
+                f"deadline must be a number of seconds > 0; got {deadline!r}"
+            )
         return float(deadline)
 
     def _prepare(
@@ -445,16 +463,16 @@ class AsyncClient:
     ) -> tuple[list[str], str, list[int]]:
         """Validate everything before any request: names, project, ids, an open client."""
         if isinstance(properties, str):
-            raise TypeError(
+            raise InvalidArgumentError(
                 "properties must be a list of property names such as ['size', 'link_pre'], "
                 "not a single string"
             )
         props = list(dict.fromkeys(validate_property(p) for p in properties))
         if not props:
-            raise ValueError("no property given: pass at least one, e.g. ['link_pre']")
+            raise InvalidArgumentError("no property given: pass at least one, e.g. ['link_pre']")
         proj = validate_project(project if project is not None else self._config.project)
         if self._http.is_closed:
-            raise RuntimeError("this AsyncClient is closed; create a new one")
+            raise ClientClosedError("this AsyncClient is closed; create a new one")
         return props, proj, normalize_segments(segments)
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from ._exceptions import InvalidArgumentError
+
 __all__ = [
     "CAVE_PROJECTS",
     "DEFAULT_BASE_URL",
@@ -31,6 +33,19 @@ __all__ = [
 
 DEFAULT_BASE_URL = "https://api.braincircuits.io"
 
+# The defaults of every setting, named once: the dataclasses below, AsyncClient's
+# signature, the CLI's options and the docs all read these (as httpx's _config does).
+DEFAULT_CHUNK_SIZE = 500
+DEFAULT_MAX_CONCURRENCY = 8
+DEFAULT_MAX_RETRIES = 5
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_BACKOFF_BASE = 0.1
+DEFAULT_BACKOFF_MAX = 30.0
+DEFAULT_MAX_RETRY_AFTER = 120.0
+DEFAULT_MAX_REFETCH_ROUNDS = 3
+DEFAULT_CONNECTIONS_PER_POOL = 8
+DEFAULT_MAX_RESPONSE_BYTES = 256 * 2**20
+
 #: Projects managed by CAVE, for which the server wants the CAVE token too.
 CAVE_PROJECTS = frozenset({"fruitfly_fafb_flywire", "fruitfly_fanc_cave"})
 
@@ -44,6 +59,7 @@ logger = logging.getLogger("braincircuits_async")
 
 Consistency = Literal["refetch", "strict", "ignore"]
 CONSISTENCY_MODES: tuple[str, ...] = ("refetch", "strict", "ignore")
+DEFAULT_CONSISTENCY: Consistency = "refetch"
 
 TOKEN_ENV = ("BRAINCIRCUITS_TOKEN",)
 CAVE_TOKEN_ENV = ("BRAINCIRCUITS_CAVE_TOKEN", "CAVE_TOKEN")
@@ -89,10 +105,10 @@ def _secret(
 ) -> Secret | None:
     if value is not None:
         if not isinstance(value, str):
-            raise TypeError(f"{argument} must be a string, not {type(value).__name__}")
+            raise InvalidArgumentError(f"{argument} must be a string, not {type(value).__name__}")
         value = value.strip()
         if not value:
-            raise ValueError(f"{argument} is empty; pass the token or leave it as None")
+            raise InvalidArgumentError(f"{argument} is empty; pass the token or leave it as None")
         _check_token_text(value, argument)
         return Secret(value, f"{argument}=")
     found = _from_env(names, os.environ if environ is None else environ)
@@ -106,7 +122,7 @@ def _check_token_text(value: str, where: str) -> None:
     # A header value must be printable ASCII; say so here, naming where the token came
     # from, instead of failing deep in httpx with the token inside the error.
     if not (value.isascii() and value.isprintable()) or " " in value:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{where} holds characters a token cannot have (spaces, line breaks or "
             "non-ASCII); paste the token alone"
         )
@@ -162,24 +178,28 @@ def resolve_base_url(value: str | None, environ: Mapping[str, str] | None = None
         found = _from_env(BASE_URL_ENV, os.environ if environ is None else environ)
         value = DEFAULT_BASE_URL if found is None else found[0]
     if not isinstance(value, str):
-        raise TypeError(f"base_url must be a string, not {type(value).__name__}")
+        raise InvalidArgumentError(f"base_url must be a string, not {type(value).__name__}")
     return value.rstrip("/")
 
 
 def _check_int(name: str, value: object, low: int, high: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+        raise InvalidArgumentError(f"{name} must be an int, not {type(value).__name__}")
     if value < low or (high is not None and value > high):
         upper = "" if high is None else f" and at most {high}"
-        raise ValueError(f"{name} must be at least {low}{upper}; got {value}")
+        raise InvalidArgumentError(f"{name} must be at least {low}{upper}; got {value}")
 
 
 def _check_seconds(name: str, value: object, *, allow_zero: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+        raise InvalidArgumentError(
+            f"{name} must be a number of seconds, not {type(value).__name__}"
+        )
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a finite number of seconds {bound}; got {value!r}")
+        raise InvalidArgumentError(
+            f"{name} must be a finite number of seconds {bound}; got {value!r}"
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -192,10 +212,10 @@ class RetryPolicy:
     longer than ``max_retry_after`` fails the chunk at once instead of waiting.
     """
 
-    max_retries: int = 5
-    backoff_base: float = 0.1
-    backoff_max: float = 30.0
-    max_retry_after: float = 120.0
+    max_retries: int = DEFAULT_MAX_RETRIES
+    backoff_base: float = DEFAULT_BACKOFF_BASE
+    backoff_max: float = DEFAULT_BACKOFF_MAX
+    max_retry_after: float = DEFAULT_MAX_RETRY_AFTER
 
     def __post_init__(self) -> None:
         _check_int("max_retries", self.max_retries, 0, 100)
@@ -210,21 +230,21 @@ class ClientConfig:
 
     base_url: str = DEFAULT_BASE_URL
     project: str | None = None
-    chunk_size: int = 500
-    max_concurrency: int = 8
-    timeout: float = 30.0
-    consistency: Consistency = "refetch"
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    timeout: float = DEFAULT_TIMEOUT
+    consistency: Consistency = DEFAULT_CONSISTENCY
     #: How many rounds of re-fetching stale chunks ``consistency="refetch"`` tries.
-    max_refetch_rounds: int = 3
+    max_refetch_rounds: int = DEFAULT_MAX_REFETCH_ROUNDS
     #: Connections per httpx pool; the bound is spread over several pools (see
     #: ``_transport.ConnectionPools``: one big pool costs time quadratic in its size).
-    connections_per_pool: int = 8
+    connections_per_pool: int = DEFAULT_CONNECTIONS_PER_POOL
     #: Halve the concurrency on a 429 and grow it back slowly (see ``_limits``).
     adaptive_concurrency: bool = True
     #: Start at most this many requests per second (None: no limit).
     max_requests_per_second: float | None = None
     #: The largest answer body read, in bytes; a larger one is an error, not a crash.
-    max_response_bytes: int = 256 * 2**20
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     #: Seconds a whole call may take (None: no limit); see ``fetch_property``.
     deadline: float | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -241,9 +261,11 @@ class ClientConfig:
             _check_seconds("deadline", self.deadline)
         _check_seconds("timeout", self.timeout)
         if self.consistency not in CONSISTENCY_MODES:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"consistency must be one of {', '.join(map(repr, CONSISTENCY_MODES))}; "
                 f"got {self.consistency!r}"
             )
         if self.project is not None and not isinstance(self.project, str):
-            raise TypeError(f"project must be a string, not {type(self.project).__name__}")
+            raise InvalidArgumentError(
+                f"project must be a string, not {type(self.project).__name__}"
+            )

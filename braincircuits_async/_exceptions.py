@@ -3,7 +3,12 @@
 Every error the client raises on purpose derives from :class:`BrainCircuitsError`::
 
     BrainCircuitsError
-    ├── InvalidSegmentError          (also ValueError and TypeError: a bad id, before any request)
+    ├── InvalidArgumentError         (also ValueError and TypeError: a bad argument or setting,
+    │   │                             before any request; the message names it and its range)
+    │   └── InvalidSegmentError      (a bad id, or a single id where a list belongs)
+    ├── UsageError                   (also RuntimeError: a call that cannot work here)
+    │   └── ClientClosedError        (the client was closed, or a stream needs it open)
+    ├── MissingDependencyError       (also ImportError: an optional extra is not installed)
     ├── APIError                     (something went wrong talking to the server)
     │   ├── APIStatusError           (an answer with an error status: .status_code, .body)
     │   │   ├── AuthenticationError  (401/403, or a token missing before any request)
@@ -38,12 +43,16 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BrainCircuitsError",
+    "ClientClosedError",
     "DeadlineExceededError",
     "IncompleteResultError",
     "InconsistentMaterializationError",
+    "InvalidArgumentError",
     "InvalidSegmentError",
     "MalformedResponseError",
+    "MissingDependencyError",
     "RateLimitError",
+    "UsageError",
 ]
 
 #: How much of an error body an exception keeps (characters).
@@ -60,11 +69,20 @@ class BrainCircuitsError(Exception):
     """Base class of every error raised by braincircuits-async."""
 
 
-class InvalidSegmentError(BrainCircuitsError, ValueError, TypeError):
-    """A segment id is not an integer in [0, 2**64).
+class InvalidArgumentError(BrainCircuitsError, ValueError, TypeError):
+    """An argument or setting is not usable; the message names it and what it accepts.
 
-    It is both a ``ValueError`` and a ``TypeError`` so that code written for
-    either keeps working. ``.position`` is the index of the offending value in
+    Raised before any request. It is both a ``ValueError`` and a ``TypeError``
+    (what Python code raises for such mistakes), so code written for either
+    keeps working.
+    """
+
+
+class InvalidSegmentError(InvalidArgumentError):
+    """A segment id is not an integer in [0, 2**64), or ``segments`` is not a list of ids.
+
+    Like every :class:`InvalidArgumentError` it is both a ``ValueError`` and a
+    ``TypeError``. ``.position`` is the index of the offending value in
     the input and ``.value`` its ``repr``.
     """
 
@@ -72,6 +90,19 @@ class InvalidSegmentError(BrainCircuitsError, ValueError, TypeError):
         super().__init__(message)
         self.position = position
         self.value = value
+
+
+class UsageError(BrainCircuitsError, RuntimeError):
+    """A call that cannot work in this state or place (also a ``RuntimeError``)."""
+
+
+class ClientClosedError(UsageError):
+    """The client was closed (it cannot be reopened: create a new one), or a stream
+    needs an open client."""
+
+
+class MissingDependencyError(BrainCircuitsError, ImportError):
+    """An optional extra is needed and not installed; the message names the ``pip install``."""
 
 
 class APIError(BrainCircuitsError):

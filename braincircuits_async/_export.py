@@ -8,12 +8,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from ._exceptions import InvalidArgumentError, MissingDependencyError
+
 __all__ = ["FORMATS", "read_ids", "write_csv", "write_jsonl", "write_parquet"]
 
 FORMATS = ("jsonl", "csv", "parquet")
 
 
-class IdFileError(ValueError):
+class IdFileError(InvalidArgumentError):
     """A line of an id file is not a segment id; says which line."""
 
 
@@ -72,7 +74,7 @@ def write_parquet(data: Mapping[int, Mapping[str, Any]], path: Path) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise ImportError(
+        raise MissingDependencyError(
             'parquet output needs pyarrow: pip install "braincircuits-async[parquet]"'
         ) from None
     fields = _fields(data)

@@ -8,12 +8,15 @@ the last cut carry no news) and grows by ``INCREASE`` after every window of
 ``limit`` successful answers, between 1 and ``max_concurrency``. Below one
 request in flight it goes on in time: further 429s double a gap between
 request starts (from 50 ms, up to 10 s), and each window of successes halves it.
+
+Time is anyio's clock (``anyio.current_time``), the one the workers' backoff
+sleeps on, so a test can drive the gate and the retries with one fake clock.
 """
 
 from __future__ import annotations
 
 import math
-import time
+from collections.abc import Callable
 
 import anyio
 
@@ -43,6 +46,7 @@ class RequestGate:
     """
 
     __slots__ = (
+        "_clock",
         "_last_cut",
         "_limiter",
         "_next_start",
@@ -57,8 +61,14 @@ class RequestGate:
     )
 
     def __init__(
-        self, max_concurrency: int, *, adaptive: bool = True, rate: float | None = None
+        self,
+        max_concurrency: int,
+        *,
+        adaptive: bool = True,
+        rate: float | None = None,
+        clock: Callable[[], float] = anyio.current_time,
     ) -> None:
+        self._clock = clock
         self.max_concurrency = max_concurrency
         self.adaptive = adaptive
         self.rate = rate
@@ -77,7 +87,7 @@ class RequestGate:
         """Wait for a slot (and, with a rate, for the next start); return the start time."""
         spacing = max(self.gap, 0.0 if self.rate is None else 1.0 / self.rate)
         if spacing:
-            now = time.monotonic()
+            now = self._clock()
             start = max(now, self._next_start)
             self._next_start = start + spacing
             if start > now:
@@ -86,7 +96,7 @@ class RequestGate:
             self._limiter.acquire_nowait()
         except anyio.WouldBlock:
             await self._limiter.acquire()
-        return time.monotonic()
+        return self._clock()
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._limiter.release()
@@ -99,7 +109,7 @@ class RequestGate:
         if self._strikes < STRIKES:
             return  # one 429 in a window can be chance; two are a trend
         self._strikes = 0
-        self._last_cut = time.monotonic()
+        self._last_cut = self._clock()
         self._successes = 0
         self.cuts += 1
         if self.limit <= 1:

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ._exceptions import InvalidArgumentError, MissingDependencyError
+
 __all__ = ["Progress", "ProgressArg", "Reporter", "make_reporter"]
 
 
@@ -38,7 +40,7 @@ class _TqdmReporter:
         try:
             from tqdm.auto import tqdm
         except ImportError:
-            raise ImportError(
+            raise MissingDependencyError(
                 'progress=True needs tqdm: pip install "braincircuits-async[progress]"'
             ) from None
         self._bar: Any = tqdm(total=total, desc=description, unit="seg", unit_scale=True)
@@ -64,6 +66,6 @@ def make_reporter(progress: ProgressArg, total: int, description: str) -> Report
         return _TqdmReporter(total, description)
     if callable(progress):
         return progress
-    raise TypeError(
+    raise InvalidArgumentError(
         f"progress must be True, False, None or a callable, not {type(progress).__name__}"
     )

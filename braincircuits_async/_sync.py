@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 
 from ._client import AsyncClient
+from ._exceptions import UsageError
 from ._models import SegmentPropertyResult
 from ._progress import ProgressArg
 
@@ -56,7 +57,7 @@ def fetch_property(
     is already running, this raises ``RuntimeError``: ``await`` the client there.
     """
     if _event_loop_running():
-        raise RuntimeError(
+        raise UsageError(
             "bca.fetch_property() blocks, but an event loop is already running here "
             "(a notebook, or async code): use `async with bca.AsyncClient(...) as client: "
             "result = await client.fetch_property(...)` instead"

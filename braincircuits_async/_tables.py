@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ._exceptions import InvalidArgumentError, MissingDependencyError
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -21,7 +23,9 @@ def _pandas() -> Any:
     try:
         import pandas
     except ImportError:
-        raise ImportError('tables need pandas: pip install "braincircuits-async[pandas]"') from None
+        raise MissingDependencyError(
+            'tables need pandas: pip install "braincircuits-async[pandas]"'
+        ) from None
     return pandas
 
 
@@ -94,7 +98,7 @@ def edges_frame(data: Mapping[int, Mapping[str, Any]]) -> pd.DataFrame:
     seen: set[tuple[int, int]] = set()
     for segment, value in data.items():
         if "upstream" not in value and "downstream" not in value:
-            raise ValueError(
+            raise InvalidArgumentError(
                 "to_edges() needs the 'connectivity' property (with 'upstream' and "
                 f"'downstream' partner lists); segment {segment} has fields {sorted(value)}"
             )

@@ -14,10 +14,11 @@ from collections.abc import Mapping
 
 import httpx
 
-from ._config import CAVE_PROJECTS, ClientConfig, Secret
+from ._config import CAVE_PROJECTS, DEFAULT_BASE_URL, ClientConfig, Secret
 from ._exceptions import (
     APIStatusError,
     AuthenticationError,
+    InvalidArgumentError,
     MalformedResponseError,
     RateLimitError,
     excerpt,
@@ -64,18 +65,19 @@ def check_base_url(base_url: str, *, custom_transport: bool) -> httpx.URL:
     try:
         url = httpx.URL(base_url)
     except (httpx.InvalidURL, TypeError) as error:
-        raise ValueError(f"base_url {base_url!r} is not a valid URL: {error}") from None
+        raise InvalidArgumentError(f"base_url {base_url!r} is not a valid URL: {error}") from None
     if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError(
-            f"base_url must be an http(s) address such as 'https://api.braincircuits.io'; "
-            f"got {base_url!r}"
+        raise InvalidArgumentError(
+            f"base_url must be an http(s) address such as {DEFAULT_BASE_URL!r}; got {base_url!r}"
         )
     if url.query or url.fragment:
-        raise ValueError(f"base_url must not contain a query or fragment; got {base_url!r}")
+        raise InvalidArgumentError(
+            f"base_url must not contain a query or fragment; got {base_url!r}"
+        )
     if url.userinfo:
-        raise ValueError("base_url must not contain a user name or password")
+        raise InvalidArgumentError("base_url must not contain a user name or password")
     if url.scheme == "http" and not custom_transport and not is_loopback(url.host):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"refusing to send tokens over plain http:// to {url.host!r}: "
             "use an https:// base_url (plain http is only allowed to loopback addresses)"
         )

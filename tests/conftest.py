@@ -21,10 +21,23 @@ TIMESTAMP = 1677042002
 
 
 @pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    """One async test mode for the suite: anyio's plugin, on asyncio and on trio."""
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    """One async test mode for the suite: anyio's plugin, on asyncio and on trio.
+
+    ``"trio-fake-clock"`` (see :data:`ON_A_FAKE_CLOCK`) runs on trio with a clock
+    that jumps ahead whenever every task waits: sleeps take no real time, and
+    every time the client measures is exact, so a test can assert on it.
+    """
     backend: str = request.param
+    if backend == "trio-fake-clock":
+        from trio.testing import MockClock
+
+        return ("trio", {"clock": MockClock(autojump_threshold=0)})
     return backend
+
+
+#: Run a test on trio with a fake clock instead of on asyncio and trio.
+ON_A_FAKE_CLOCK = pytest.mark.parametrize("anyio_backend", ["trio-fake-clock"], indirect=True)
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import anyio
@@ -13,24 +12,36 @@ import pytest
 import braincircuits_async as bca
 from braincircuits_async._limits import RequestGate
 
-from .conftest import ScriptedServer
+from .conftest import ON_A_FAKE_CLOCK, ScriptedServer
 
 pytestmark = pytest.mark.anyio
 
 
+class Clock:
+    """A fake clock for the gate's own decisions: time moves only when a test says."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_two_429s_in_a_window_halve_the_limit_down_to_one() -> None:
-    gate = RequestGate(16)
+    clock = Clock()
+    gate = RequestGate(16, clock=clock)
     limits = []
     for _ in range(12):
-        gate.throttled(sent_at=time.monotonic() + 1)  # each sent after the last cut
+        gate.throttled(sent_at=clock() + 1)  # each sent after the last cut
         limits.append(gate.limit)
     assert limits == [16, 8, 8, 4, 4, 2, 2, 1, 1, 1, 1, 1]
 
 
 def test_a_single_429_in_a_window_of_successes_is_taken_for_chance() -> None:
-    gate = RequestGate(8)
+    clock = Clock()
+    gate = RequestGate(8, clock=clock)
     for _ in range(5):
-        gate.throttled(sent_at=time.monotonic() + 1)
+        gate.throttled(sent_at=clock() + 1)
         for _ in range(8):  # a full window of successes in between
             gate.succeeded()
     assert gate.limit == 8
@@ -38,8 +49,9 @@ def test_a_single_429_in_a_window_of_successes_is_taken_for_chance() -> None:
 
 
 def test_429s_for_requests_sent_before_the_last_cut_do_not_cut_again() -> None:
-    gate = RequestGate(16)
-    before = time.monotonic()
+    clock = Clock()
+    gate = RequestGate(16, clock=clock)
+    before = clock()
     gate.throttled(sent_at=before)
     gate.throttled(sent_at=before)  # the second strike: a cut
     gate.throttled(sent_at=before)  # in flight when the cut happened
@@ -49,9 +61,10 @@ def test_429s_for_requests_sent_before_the_last_cut_do_not_cut_again() -> None:
 
 
 def test_the_limit_grows_back_gently_after_windows_of_successes() -> None:
-    gate = RequestGate(8)
-    gate.throttled(sent_at=time.monotonic() + 1)
-    gate.throttled(sent_at=time.monotonic() + 1)
+    clock = Clock()
+    gate = RequestGate(8, clock=clock)
+    gate.throttled(sent_at=clock() + 1)
+    gate.throttled(sent_at=clock() + 1)
     assert gate.limit == 4
     for _ in range(4):  # one window: as many successes as the limit
         gate.succeeded()
@@ -62,19 +75,20 @@ def test_the_limit_grows_back_gently_after_windows_of_successes() -> None:
 
 
 def test_a_fixed_gate_never_moves() -> None:
-    gate = RequestGate(8, adaptive=False)
+    clock = Clock()
+    gate = RequestGate(8, adaptive=False, clock=clock)
     for _ in range(4):
-        gate.throttled(sent_at=time.monotonic() + 1)
+        gate.throttled(sent_at=clock() + 1)
     gate.succeeded()
     assert gate.limit == 8
 
 
 def rate_limited(per_second: float) -> ScriptedServer:
     """A scripted server that answers 429 (no Retry-After) above ``per_second``."""
-    state = {"tokens": per_second, "at": time.monotonic()}
+    state = {"tokens": per_second, "at": anyio.current_time()}
 
     async def handler(request: httpx.Request, number: int) -> httpx.Response | None:
-        now = time.monotonic()
+        now = anyio.current_time()
         state["tokens"] = min(per_second, state["tokens"] + (now - state["at"]) * per_second)
         state["at"] = now
         if state["tokens"] < 1:
@@ -103,6 +117,7 @@ async def run_against_limit(make_client: Any, *, adaptive: bool) -> tuple[int, b
     return server.requests_failed, True
 
 
+@ON_A_FAKE_CLOCK
 async def test_adaptive_concurrency_draws_far_fewer_429s_than_fixed(make_client: Any) -> None:
     fixed_429s, _ = await run_against_limit(make_client, adaptive=False)
     adaptive_429s, complete = await run_against_limit(make_client, adaptive=True)
@@ -110,15 +125,17 @@ async def test_adaptive_concurrency_draws_far_fewer_429s_than_fixed(make_client:
     assert adaptive_429s < fixed_429s / 2, (adaptive_429s, fixed_429s)
 
 
+@ON_A_FAKE_CLOCK
 async def test_max_requests_per_second_spaces_the_requests(make_client: Any) -> None:
     server = ScriptedServer()
     async with make_client(
         transport=server, chunk_size=1, max_concurrency=8, max_requests_per_second=200
     ) as client:
-        began = time.monotonic()
+        began = anyio.current_time()
         await client.fetch_property("link_pre", range(21))
-        elapsed = time.monotonic() - began
-    assert elapsed >= 20 / 200 * 0.9  # 21 starts, at least 1/200 s apart
+        elapsed = anyio.current_time() - began
+    # 21 starts, 1/200 s apart, and no more: on the fake clock the time is exact.
+    assert elapsed == pytest.approx(20 / 200)
 
 
 async def test_an_answer_larger_than_the_cap_fails_its_chunk_without_reading_it_all(
@@ -185,11 +202,12 @@ async def test_against_a_hard_rate_limit_the_adaptive_client_finishes_with_few_4
 
 
 def test_below_one_request_in_flight_further_429s_space_the_starts_out() -> None:
-    gate = RequestGate(2)
+    clock = Clock()
+    gate = RequestGate(2, clock=clock)
 
     def strike_twice() -> None:
         for _ in range(2):
-            gate.throttled(sent_at=time.monotonic() + 1)
+            gate.throttled(sent_at=clock() + 1)
 
     strike_twice()  # 2 -> 1
     assert (gate.limit, gate.gap) == (1, 0)
