@@ -8,7 +8,7 @@ See :class:`AsyncClient` for the settings and :mod:`braincircuits_async.testing`
 for the fake server to test pipelines offline.
 """
 
-from ._client import AsyncClient, ClientStats
+from ._client import AsyncClient
 from ._config import ClientConfig, RetryPolicy
 from ._exceptions import (
     APIConnectionError,
@@ -30,6 +30,7 @@ from ._exceptions import (
 )
 from ._models import SegmentPropertyResult
 from ._progress import Progress
+from ._stats import ClientStats
 from ._stream import PropertyStream
 from ._sync import fetch_property
 from ._version import __version__

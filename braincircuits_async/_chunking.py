@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from ._exceptions import InvalidArgumentError, InvalidSegmentError
 
 __all__ = [
     "MAX_SEGMENT_ID",
-    "chunked",
+    "chunk_slices",
     "normalize_segments",
     "validate_project",
     "validate_property",
@@ -150,7 +150,7 @@ def normalize_segments(segments: Iterable[Any]) -> list[int]:
     return list(dict.fromkeys(converted))
 
 
-def chunked(ids: Sequence[int], size: int) -> Iterator[list[int]]:
-    """Split ``ids`` into consecutive chunks of at most ``size`` ids."""
-    for start in range(0, len(ids), size):
-        yield list(ids[start : start + size])
+def chunk_slices(total: int, size: int) -> list[tuple[int, int]]:
+    """The chunks of an id list of ``total`` ids: slices ``(start, end)`` of ``size`` ids
+    (the last one may be shorter), in order."""
+    return [(start, min(start + size, total)) for start in range(0, total, size)]

@@ -1,11 +1,18 @@
 """``AsyncClient``: bulk-fetch segment properties in concurrent, retried chunks.
 
-One call reads top to bottom in :meth:`AsyncClient.fetch_property`: validate
-and chunk (``_chunking``), resolve the auth headers (``_transport``), then a
-:class:`~braincircuits_async._call.Call` sends each chunk under the client's
-limiter with retry (``_retry``), parses the answers (``_merge``), re-fetches
-stale chunks until every chunk agrees on the materialization, and merges them
-into one result (``_models``).
+Every fetch reads top to bottom in this module, and every fetch method runs
+through one orchestration, :meth:`AsyncClient._fetch`:
+
+1. validate the names and ids before any request (``_chunking``);
+2. one :class:`~braincircuits_async._scheduler.Call` per property, sending its
+   chunks through the client's :class:`~braincircuits_async._wire.Wire` (the gate,
+   the pools, the request, the answer) with retry (``_retry``);
+3. the first pass, then rounds of re-fetching chunks older than the newest
+   materialization across all calls, under the call's deadline;
+4. settle (``_policy.settle``): merge, or the one error that says why not.
+
+``fetch_property`` is that with one call, ``fetch_properties`` with several,
+``iter_property`` with one whose answers go to a stream (``_stream``).
 """
 
 from __future__ import annotations
@@ -13,16 +20,14 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
 import anyio
 import httpx
 
-from ._call import Call, Reference, run_all
-from ._chunking import normalize_segments, validate_project, validate_property
+from ._chunking import chunk_slices, normalize_segments, validate_project, validate_property
 from ._config import (
     DEFAULT_BACKOFF_BASE,
     DEFAULT_BACKOFF_MAX,
@@ -38,46 +43,27 @@ from ._config import (
     ClientConfig,
     Consistency,
     RetryPolicy,
-    Secret,
     cave_secrets_folder,
-    cave_token_from_files,
+    check_seconds,
     resolve_base_url,
     resolve_cave_token,
     resolve_token,
 )
-from ._exceptions import (
-    BrainCircuitsError,
-    ClientClosedError,
-    IncompleteResultError,
-    InvalidArgumentError,
-)
+from ._exceptions import ClientClosedError, InvalidArgumentError
 from ._limits import RequestGate
+from ._merge import newest_timestamp
 from ._models import SegmentPropertyResult
-from ._progress import Progress, ProgressArg, Reporter, make_reporter
+from ._policy import settle, stale_slices
+from ._progress import CombinedProgress, ProgressArg, close_reporter, make_reporter
+from ._scheduler import Call, Reference, Sink, StrictStop
+from ._stats import ClientStats
 from ._stream import PropertyStream
-from ._transport import AuthHeaders, ConnectionPools, auth_headers, check_base_url
+from ._transport import ConnectionPools, Credentials, check_base_url
+from ._wire import Wire
 
 __all__ = ["AsyncClient", "ClientStats"]
 
 logger = logging.getLogger("braincircuits_async")
-
-
-@dataclass
-class ClientStats:
-    """Running totals of what a client has done, for summaries and tests.
-
-    ``requests``: HTTP requests sent; ``retries``: of those, retries;
-    ``chunks``: chunks attempted (413 halves count as chunks); ``segments``: ids
-    covered by successful answers (unknown ids included); ``splits``: 413 splits;
-    ``refetches``: chunks re-fetched because they were from an older materialization.
-    """
-
-    requests: int = 0
-    retries: int = 0
-    chunks: int = 0
-    segments: int = 0
-    splits: int = 0
-    refetches: int = 0
 
 
 class AsyncClient:
@@ -178,20 +164,29 @@ class AsyncClient:
                 max_retry_after=max_retry_after,
             ),
         )
-        self._token = resolve_token(token)
-        self._cave_token = resolve_cave_token(cave_token)
-        self._cave_secrets = cave_secrets_folder()
-        self._cave_files: dict[str, Secret | None] = {}
+        self._credentials = Credentials(
+            resolve_token(token), resolve_cave_token(cave_token), cave_secrets_folder()
+        )
         self._http = ConnectionPools(self._config, transport)
-        self._limiter = RequestGate(
-            self._config.max_concurrency,
-            adaptive=self._config.adaptive_concurrency,
-            rate=self._config.max_requests_per_second,
+        #: Running totals of requests, retries, chunks and segments.
+        self.stats = ClientStats()
+        # Built once, from narrow parts: nothing below the client sees the client.
+        self._wire = Wire(
+            pools=self._http,
+            gate=RequestGate(
+                self._config.max_concurrency,
+                adaptive=self._config.adaptive_concurrency,
+                rate=self._config.max_requests_per_second,
+            ),
+            credentials=self._credentials,
+            stats=self.stats,
+            base_url=url,
+            timeout=self._config.timeout,
+            max_response_bytes=self._config.max_response_bytes,
+            max_retry_after=self._config.retry.max_retry_after,
         )
         # Hosts the producers of iter_property streams: they must outlive a `break`.
         self._tasks: anyio.abc.TaskGroup | None = None
-        #: Running totals of requests, retries, chunks and segments.
-        self.stats = ClientStats()
 
     @property
     def config(self) -> ClientConfig:
@@ -199,18 +194,12 @@ class AsyncClient:
         return self._config
 
     def __repr__(self) -> str:
-        def shown(secret: Secret | None) -> str:
-            return "not set" if secret is None else f"set from {secret.source}"
-
-        cave = shown(self._cave_token)
-        if self._cave_token is None and any(self._cave_files.values()):
-            cave = "from CAVEclient's secret files, for CAVE projects"
-
+        token, cave = self._credentials.describe()
         c = self._config
         return (
             f"<AsyncClient base_url={c.base_url!r} project={c.project!r} "
             f"chunk_size={c.chunk_size} max_concurrency={c.max_concurrency} "
-            f"consistency={c.consistency!r} token=<{shown(self._token)}> "
+            f"consistency={c.consistency!r} token=<{token}> "
             f"cave_token=<{cave}>>"
         )
 
@@ -278,20 +267,10 @@ class AsyncClient:
             APIStatusError, RateLimitError, APIConnectionError, MalformedResponseError:
                 every chunk failed, with this error.
         """
-        (prop,), proj, ids = self._prepare([property], segments, project)
-        if not ids:
-            return SegmentPropertyResult(
-                {}, property=prop, project=proj, materialized_timestamp=None
-            )
-        headers = auth_headers(self._token, self._cave_for(proj), proj)
-        reporter = make_reporter(progress, len(ids), prop)
-        call = Call(
-            self, prop, proj, ids, headers, reporter=reporter, deadline=self._deadline(deadline)
+        results = await self.fetch_properties(
+            [property], segments, project=project, progress=progress, deadline=deadline
         )
-        try:
-            return await call.run()
-        finally:
-            _close(reporter)
+        return results[property]
 
     async def fetch_properties(
         self,
@@ -323,59 +302,37 @@ class AsyncClient:
                 ``results`` hold every property's result, and each reason in
                 ``failures`` starts with the property's name.
             InconsistentMaterializationError: the properties (or chunks) kept
-                disagreeing on the materialization.
-            BrainCircuitsError: the other errors of :meth:`fetch_property`.
+                disagreeing on the materialization; its ``results`` hold every
+                property's result.
+            BrainCircuitsError: the other errors of :meth:`fetch_property`, the same
+                for one property as for several: when every chunk of every property
+                failed, that chunk's own error.
         """
         props, proj, ids = self._prepare(properties, segments, project)
-        if not ids:
-            return {
-                p: SegmentPropertyResult({}, property=p, project=proj, materialized_timestamp=None)
-                for p in props
-            }
-        headers = auth_headers(self._token, self._cave_for(proj), proj)
-        reporter = make_reporter(progress, len(ids) * len(props), ",".join(props))
-        combined = _CombinedProgress(reporter, len(ids) * len(props)) if reporter else None
-        reference = Reference()
-        calls = [
-            Call(
-                self,
-                p,
-                proj,
-                ids,
-                headers,
-                reporter=combined.reporter_for(i) if combined else None,
-                reference=reference,
-            )
-            for i, p in enumerate(props)
-        ]
         limit = self._deadline(deadline)
+        if not ids:
+            return {p: _empty(p, proj) for p in props}
+        total = len(ids) * len(props)
+        reporter = make_reporter(progress, total, ",".join(props))
+        # Several calls report their sum; a single one reports as it is.
+        combined = (
+            CombinedProgress(reporter, total) if reporter is not None and len(props) > 1 else None
+        )
+        reference = Reference()
         try:
-            with anyio.move_on_after(math.inf if limit is None else limit) as scope:
-                await run_all([call.first_pass for call in calls])
-                if self._config.consistency == "refetch":
-                    for round_number in range(1, self._config.max_refetch_rounds + 1):
-                        target = max(
-                            (t for c in calls if (t := c.newest()) is not None), default=None
-                        )
-                        stale = [
-                            c
-                            for c in calls
-                            if any(a.timestamp != target for a in c.answers.values())
-                        ]
-                        if not stale:
-                            break
-                        await run_all(
-                            [
-                                functools.partial(c.refetch_stale, target, round_number)
-                                for c in stale
-                            ]
-                        )
-            if scope.cancelled_caught:
-                for call in calls:
-                    call.deadline_passed(limit or 0.0)
-            return _settle(calls, self._config.consistency)
+            calls = [
+                self._call(
+                    p,
+                    proj,
+                    ids,
+                    reference,
+                    reporter=combined.reporter_for(i) if combined else reporter,
+                )
+                for i, p in enumerate(props)
+            ]
+            return await self._fetch(calls, limit)
         finally:
-            _close(reporter)
+            close_reporter(reporter)
 
     def iter_property(
         self,
@@ -407,55 +364,120 @@ class AsyncClient:
         up (the chunks already yielded are stale); ``"strict"`` raises at any
         other timestamp; ``"ignore"`` yields every chunk with its own timestamp
         and logs the first disagreement. Chunks that fail for good raise
-        :class:`IncompleteResultError` at the end, after every other chunk.
+        :class:`IncompleteResultError` at the end, after every other chunk (or,
+        when no chunk at all could be fetched, that chunk's own error).
 
         The client must be open (``async with AsyncClient(...) as client``): the
         stream's requests run in the client's own task group, which outlives a
         ``break`` in the loop.
         """
         (prop,), proj, ids = self._prepare([property], segments, project)
+        limit = self._deadline(deadline)
         if self._tasks is None:
             raise ClientClosedError(
                 "iter_property needs an open client: use it inside "
                 "`async with AsyncClient(...) as client:`"
             )
-        headers = auth_headers(self._token, self._cave_for(proj), proj) if ids else AuthHeaders()
-        reporter = make_reporter(progress, len(ids), prop) if ids else None
         # As many buffered results as workers: a worker whose chunk is done need not
         # wait for the reader, and results fetched before an error reach it first.
         stream = PropertyStream(buffer=2 * self._config.max_concurrency)
         producer = stream.producer
-        if ids:
-            call = Call(
-                self,
-                prop,
-                proj,
-                ids,
-                headers,
-                reporter=reporter,
-                sink=producer.put,
-                deadline=self._deadline(deadline),
-            )
-            self._tasks.start_soon(producer.run, call.run, lambda: _close(reporter))
-        else:
+        if not ids:
             producer.finish()
+            return stream
+        reporter = make_reporter(progress, len(ids), prop)
+        try:
+            call = self._call(prop, proj, ids, Reference(), reporter=reporter, sink=producer.put)
+        except BaseException:
+            close_reporter(reporter)
+            raise
+
+        async def run() -> None:
+            await self._fetch([call], limit, streaming=True)
+
+        self._tasks.start_soon(producer.run, run, lambda: close_reporter(reporter))
         return stream
 
-    def _cave_for(self, project: str) -> Secret | None:
-        """The CAVE token for ``project``: the explicit one, else CAVEclient's file."""
-        if self._cave_token is not None:
-            return self._cave_token
-        if project not in self._cave_files:
-            self._cave_files[project] = cave_token_from_files(project, self._cave_secrets)
-        return self._cave_files[project]
+    # --- the one orchestration -------------------------------------------------------
+
+    async def _fetch(
+        self, calls: Sequence[Call], deadline: float | None, *, streaming: bool = False
+    ) -> dict[str, SegmentPropertyResult]:
+        """Run ``calls`` to the end and settle them: the path of every fetch.
+
+        The first pass fetches every chunk; with ``consistency="refetch"``, rounds
+        re-fetch the chunks older than the newest materialization seen across all
+        calls (a stream keeps no answers, so it has no rounds: it re-fetches as it
+        goes). A deadline cancels whatever is in flight and records what it cut off.
+        """
+        config = self._config
+        with anyio.move_on_after(math.inf if deadline is None else deadline) as scope:
+            try:
+                await _run_all(
+                    [
+                        functools.partial(c.fetch, chunk_slices(len(c.ids), config.chunk_size))
+                        for c in calls
+                    ]
+                )
+                if config.consistency == "refetch":
+                    await self._refetch_rounds(calls)
+            except StrictStop:
+                pass  # settling raises InconsistentMaterializationError, with everything
+        if scope.cancelled_caught:
+            for call in calls:
+                call.deadline_passed(deadline or 0.0)
+        return settle(
+            [c.outcome() for c in calls],
+            consistency=config.consistency,
+            max_refetch_rounds=config.max_refetch_rounds,
+            streaming=streaming,
+        )
+
+    async def _refetch_rounds(self, calls: Sequence[Call]) -> None:
+        """Re-fetch chunks not from the newest materialization across ``calls``."""
+        for round_number in range(1, self._config.max_refetch_rounds + 1):
+            target = newest_timestamp(a for c in calls for a in c.answers.values())
+            stale = [(c, s) for c in calls if (s := stale_slices(c.answers.values(), target))]
+            if not stale:
+                return
+            for call, slices in stale:
+                logger.info(
+                    "%s: %d chunk(s) are not from materialization %s; re-fetching (round %d)",
+                    call.target.prop,
+                    len(slices),
+                    target,
+                    round_number,
+                )
+                self.stats.refetches += len(slices)
+            await _run_all([functools.partial(c.refetch, s) for c, s in stale])
+
+    def _call(
+        self,
+        prop: str,
+        project: str,
+        ids: list[int],
+        reference: Reference,
+        *,
+        reporter: Any = None,
+        sink: Sink | None = None,
+    ) -> Call:
+        return Call(
+            self._wire,
+            self._wire.target(prop, project),
+            ids,
+            self._config,
+            self.stats,
+            reference=reference,
+            reporter=reporter,
+            sink=sink,
+        )
+
+    # --- before any request -----------------------------------------------------------
 
     def _deadline(self, deadline: float | None) -> float | None:
         if deadline is None:
             return self._config.deadline
-        if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or deadline <= 0:
-            raise InvalidArgumentError(
-                f"deadline must be a number of seconds > 0; got {deadline!r}"
-            )
+        check_seconds("deadline", deadline)
         return float(deadline)
 
     def _prepare(
@@ -476,79 +498,23 @@ class AsyncClient:
         return props, proj, normalize_segments(segments)
 
 
-def _close(reporter: object) -> None:
-    close = getattr(reporter, "close", None)
-    if close is not None:
-        close()
+def _empty(prop: str, project: str) -> SegmentPropertyResult:
+    return SegmentPropertyResult({}, property=prop, project=project, materialized_timestamp=None)
 
 
-class _CombinedProgress:
-    """One progress report for several concurrent calls (``fetch_properties``)."""
+async def _run_all(jobs: list[Callable[[], Awaitable[Any]]]) -> None:
+    """Run ``jobs`` concurrently; the first to fail cancels the others and is raised."""
+    errors: list[Exception] = []
 
-    def __init__(self, reporter: Reporter, total: int) -> None:
-        self.reporter = reporter
-        self.total = total
-        self.parts: dict[int, Progress] = {}
+    async def one(job: Callable[[], Awaitable[Any]], group: anyio.abc.TaskGroup) -> None:
+        try:
+            await job()
+        except Exception as error:
+            errors.append(error)
+            group.cancel_scope.cancel()
 
-    def reporter_for(self, index: int) -> Reporter:
-        def report(progress: Progress) -> None:
-            self.parts[index] = progress
-            parts = self.parts.values()
-            self.reporter(
-                Progress(
-                    ",".join(p.property for p in parts),
-                    sum(p.done for p in parts),
-                    self.total,
-                    sum(p.retries for p in parts),
-                    sum(p.failed for p in parts),
-                )
-            )
-
-        return report
-
-
-def _settle(calls: Sequence[Call], consistency: Consistency) -> dict[str, SegmentPropertyResult]:
-    """The results of several calls, checked against one materialization."""
-    timestamps = {a.timestamp for c in calls for a in c.answers.values()}
-    if len(timestamps) > 1:
-        if consistency != "ignore":
-            worst = next(
-                c
-                for c in calls
-                if len({a.timestamp for a in c.answers.values()}) > 1
-                or c.newest() != max(timestamps)
-            )
-            raise worst.inconsistent_error(
-                f"the properties {[c.prop for c in calls]} came from materializations "
-                f"{sorted(timestamps)}"
-            )
-        logger.warning(
-            "properties %s came from different materializations %s; consistency='ignore' "
-            "keeps them all",
-            [c.prop for c in calls],
-            sorted(timestamps),
-        )
-    failing = [c for c in calls if c.failures]
-    if not failing:
-        return {c.prop: c.result() for c in calls}
-    results = {c.prop: c.result() for c in calls}
-    failures: dict[int, str] = {}
-    errors: list[BrainCircuitsError] = []
-    for call in failing:
-        reasons, call_errors = call.failure_reasons()
-        for segment, reason in reasons.items():
-            failures[segment] = (
-                f"{failures[segment]}; {call.prop}: {reason}"
-                if segment in failures
-                else f"{call.prop}: {reason}"
-            )
-        errors.extend(e for e in call_errors if e not in errors)
-    first = failing[0]
-    raise IncompleteResultError(
-        f"{len(failures)} segment(s) could not be fetched for "
-        f"{[c.prop for c in failing]} (first: {errors[0]}); everything else is in .results",
-        result=results[first.prop],
-        failures=failures,
-        errors=tuple(errors),
-        results=results,
-    ) from errors[0]
+    async with anyio.create_task_group() as group:
+        for job in jobs:
+            group.start_soon(one, job, group)
+    if errors:
+        raise errors[0]

@@ -26,6 +26,8 @@ __all__ = [
     "Secret",
     "cave_secrets_folder",
     "cave_token_from_files",
+    "check_int",
+    "check_seconds",
     "resolve_base_url",
     "resolve_cave_token",
     "resolve_token",
@@ -182,7 +184,7 @@ def resolve_base_url(value: str | None, environ: Mapping[str, str] | None = None
     return value.rstrip("/")
 
 
-def _check_int(name: str, value: object, low: int, high: int | None = None) -> None:
+def check_int(name: str, value: object, low: int, high: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidArgumentError(f"{name} must be an int, not {type(value).__name__}")
     if value < low or (high is not None and value > high):
@@ -190,7 +192,7 @@ def _check_int(name: str, value: object, low: int, high: int | None = None) -> N
         raise InvalidArgumentError(f"{name} must be at least {low}{upper}; got {value}")
 
 
-def _check_seconds(name: str, value: object, *, allow_zero: bool = False) -> None:
+def check_seconds(name: str, value: object, *, allow_zero: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidArgumentError(
             f"{name} must be a number of seconds, not {type(value).__name__}"
@@ -218,10 +220,10 @@ class RetryPolicy:
     max_retry_after: float = DEFAULT_MAX_RETRY_AFTER
 
     def __post_init__(self) -> None:
-        _check_int("max_retries", self.max_retries, 0, 100)
-        _check_seconds("backoff_base", self.backoff_base, allow_zero=True)
-        _check_seconds("backoff_max", self.backoff_max, allow_zero=True)
-        _check_seconds("max_retry_after", self.max_retry_after, allow_zero=True)
+        check_int("max_retries", self.max_retries, 0, 100)
+        check_seconds("backoff_base", self.backoff_base, allow_zero=True)
+        check_seconds("backoff_max", self.backoff_max, allow_zero=True)
+        check_seconds("max_retry_after", self.max_retry_after, allow_zero=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -250,16 +252,16 @@ class ClientConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def __post_init__(self) -> None:
-        _check_int("chunk_size", self.chunk_size, 1, 100_000)
-        _check_int("max_concurrency", self.max_concurrency, 1, 1024)
-        _check_int("max_refetch_rounds", self.max_refetch_rounds, 0, 100)
-        _check_int("connections_per_pool", self.connections_per_pool, 1, 1024)
-        _check_int("max_response_bytes", self.max_response_bytes, 1)
+        check_int("chunk_size", self.chunk_size, 1, 100_000)
+        check_int("max_concurrency", self.max_concurrency, 1, 1024)
+        check_int("max_refetch_rounds", self.max_refetch_rounds, 0, 100)
+        check_int("connections_per_pool", self.connections_per_pool, 1, 1024)
+        check_int("max_response_bytes", self.max_response_bytes, 1)
         if self.max_requests_per_second is not None:
-            _check_seconds("max_requests_per_second", self.max_requests_per_second)
+            check_seconds("max_requests_per_second", self.max_requests_per_second)
         if self.deadline is not None:
-            _check_seconds("deadline", self.deadline)
-        _check_seconds("timeout", self.timeout)
+            check_seconds("deadline", self.deadline)
+        check_seconds("timeout", self.timeout)
         if self.consistency not in CONSISTENCY_MODES:
             raise InvalidArgumentError(
                 f"consistency must be one of {', '.join(map(repr, CONSISTENCY_MODES))}; "

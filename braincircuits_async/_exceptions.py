@@ -173,7 +173,10 @@ class InconsistentMaterializationError(BrainCircuitsError):
     with its newest value), and ``segment_timestamps`` tells for each segment
     which materialization its value came from, so nothing fetched is lost.
     ``failures`` maps ids whose chunk failed for good to the reason, as in
-    :class:`IncompleteResultError` (empty when none did).
+    :class:`IncompleteResultError` (empty when none did). From
+    ``fetch_properties``, ``results`` holds every property's result (as in
+    :class:`IncompleteResultError`), and ``result`` and ``segment_timestamps``
+    are those of the first property whose chunks disagree.
     """
 
     def __init__(
@@ -184,12 +187,16 @@ class InconsistentMaterializationError(BrainCircuitsError):
         result: SegmentPropertyResult,
         segment_timestamps: Mapping[int, int],
         failures: Mapping[int, str] | None = None,
+        results: Mapping[str, SegmentPropertyResult] | None = None,
     ) -> None:
         super().__init__(message)
         self.timestamps = timestamps
         self.result = result
         self.segment_timestamps = segment_timestamps
         self.failures: Mapping[int, str] = {} if failures is None else failures
+        self.results: Mapping[str, SegmentPropertyResult] = (
+            {result.property: result} if results is None else results
+        )
 
 
 class DeadlineExceededError(BrainCircuitsError, TimeoutError):

@@ -15,6 +15,7 @@ from operator import is_, is_not
 from typing import Any
 
 from ._exceptions import MalformedResponseError, excerpt
+from ._models import SegmentPropertyResult
 
 _fast_loads: Callable[[bytes], Any] | None
 try:  # The `fast` extra: orjson parses answers about three times faster.
@@ -51,7 +52,20 @@ def loads(body: bytes) -> Any:
     return json.loads(body)
 
 
-__all__ = ["ChunkAnswer", "loads", "newest_timestamp", "parse_answer"]
+__all__ = [
+    "ChunkAnswer",
+    "chunk_result",
+    "loads",
+    "merge_answers",
+    "newest_timestamp",
+    "parse_answer",
+]
+
+Redact = Callable[[str], str]
+
+
+def _unchanged(text: str) -> str:
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,35 +94,46 @@ class ChunkAnswer:
         return list(compress(self.ids, map(is_, self.values, repeat(None))))
 
 
-def _malformed(describe: str, problem: str, body: bytes | str) -> MalformedResponseError:
-    text = body if isinstance(body, str) else body[:2000].decode("utf-8", "replace")
-    return MalformedResponseError(
-        f"{describe}: the answer is not the documented shape ({problem})", body=excerpt(text)
-    )
+def _malformed(
+    message: str, body: bytes, redact: Redact, *, transient: bool = False
+) -> MalformedResponseError:
+    """The error for an unusable answer, built with every token echo already blanked."""
+    # Blanked before and after the cut, so no piece of a token survives the cut either.
+    shown = redact(excerpt(redact(body[:2000].decode("utf-8", "replace"))))
+    return MalformedResponseError(redact(message), body=shown, transient=transient)
 
 
 def parse_answer(
-    body: bytes, ids: Sequence[int], keys: Sequence[str], *, start: int, describe: str
+    body: bytes,
+    ids: Sequence[int],
+    keys: Sequence[str],
+    *,
+    start: int,
+    describe: str,
+    redact: Redact = _unchanged,
 ) -> ChunkAnswer:
     """Parse one 200 answer for the chunk ``ids`` (whose decimal strings are ``keys``).
 
     Raises :class:`MalformedResponseError`: ``transient`` when the body cannot be
     read as JSON at all (cut short, empty, an HTML page), which is worth a retry,
-    and not transient when it is JSON of the wrong shape.
+    and not transient when it is JSON of the wrong shape. ``redact`` blanks the
+    tokens in the text an error quotes (a server may echo request headers).
     """
     try:
         data = loads(body)
     except (ValueError, RecursionError) as error:
         problem = "empty body" if not body.strip() else f"not JSON: {error}"
-        raise MalformedResponseError(
-            f"{describe}: the answer could not be read ({problem})",
-            body=excerpt(body[:2000].decode("utf-8", "replace")),
-            transient=True,
-        ) from None
-    if not isinstance(data, dict):
         raise _malformed(
-            describe, f"top level is a JSON {type(data).__name__}, not an object", body
+            f"{describe}: the answer could not be read ({problem})", body, redact, transient=True
+        ) from None
+
+    def wrong(problem: str) -> MalformedResponseError:
+        return _malformed(
+            f"{describe}: the answer is not the documented shape ({problem})", body, redact
         )
+
+    if not isinstance(data, dict):
+        raise wrong(f"top level is a JSON {type(data).__name__}, not an object")
     timestamp = data.get("materialized_timestamp")
     if isinstance(timestamp, bool) or not isinstance(timestamp, int) or timestamp < 0:
         problem = (
@@ -116,22 +141,19 @@ def parse_answer(
             if timestamp is None
             else f"'materialized_timestamp' is {timestamp!r}, not a non-negative integer"
         )
-        raise _malformed(describe, problem, body)
+        raise wrong(problem)
     results = data.get("results")
     if not isinstance(results, dict):
-        problem = "no 'results'" if results is None else "'results' is not an object"
-        raise _malformed(describe, problem, body)
+        raise wrong("no 'results'" if results is None else "'results' is not an object")
 
     # All in C: one lookup per requested id, then counts and type checks.
     values = list(map(results.get, keys))
     if len(values) - values.count(None) != len(results):
-        raise _malformed(describe, _unexpected_keys(results, keys), body)
+        raise wrong(_unexpected_keys(results, keys))
     if not set(map(type, values)) <= {dict, type(None)}:
         bad = next(i for i, v in enumerate(values) if v is not None and type(v) is not dict)
-        raise _malformed(
-            describe,
-            f"the value for segment {ids[bad]} is {type(values[bad]).__name__}, not an object",
-            body,
+        raise wrong(
+            f"the value for segment {ids[bad]} is {type(values[bad]).__name__}, not an object"
         )
     return ChunkAnswer(start, start + len(ids), timestamp, list(ids), values)
 
@@ -151,3 +173,35 @@ def _unexpected_keys(results: dict[str, Any], keys: Sequence[str]) -> str:
 def newest_timestamp(answers: Iterable[ChunkAnswer]) -> int | None:
     """The newest materialization among ``answers`` (``None`` if there are none)."""
     return max((answer.timestamp for answer in answers), default=None)
+
+
+def chunk_result(answer: ChunkAnswer, prop: str, project: str) -> SegmentPropertyResult:
+    """One chunk's answer as a result of its own (what a stream hands on)."""
+    return SegmentPropertyResult(
+        dict(answer.items()),
+        property=prop,
+        project=project,
+        materialized_timestamp=answer.timestamp,
+        missing=tuple(answer.missing),
+    )
+
+
+def merge_answers(answers: Iterable[ChunkAnswer], prop: str, project: str) -> SegmentPropertyResult:
+    """Chunk answers merged in request order (by their start in the id list).
+
+    The result reports the newest materialization among them; whether they may
+    be merged at all is :func:`~braincircuits_async._policy.settle`'s decision.
+    """
+    ordered = sorted(answers, key=lambda answer: answer.start)
+    data: dict[int, dict[str, Any]] = {}
+    missing: list[int] = []
+    for answer in ordered:
+        data.update(answer.items())
+        missing.extend(answer.missing)
+    return SegmentPropertyResult(
+        data,
+        property=prop,
+        project=project,
+        materialized_timestamp=newest_timestamp(ordered),
+        missing=tuple(missing),
+    )

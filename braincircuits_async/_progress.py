@@ -8,7 +8,14 @@ from typing import Any
 
 from ._exceptions import InvalidArgumentError, MissingDependencyError
 
-__all__ = ["Progress", "ProgressArg", "Reporter", "make_reporter"]
+__all__ = [
+    "CombinedProgress",
+    "Progress",
+    "ProgressArg",
+    "Reporter",
+    "close_reporter",
+    "make_reporter",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,3 +76,37 @@ def make_reporter(progress: ProgressArg, total: int, description: str) -> Report
     raise InvalidArgumentError(
         f"progress must be True, False, None or a callable, not {type(progress).__name__}"
     )
+
+
+def close_reporter(reporter: object) -> None:
+    """Close a tqdm bar (a user's callable has nothing to close)."""
+    close = getattr(reporter, "close", None)
+    if close is not None:
+        close()
+
+
+class CombinedProgress:
+    """One progress report for several concurrent calls (``fetch_properties``)."""
+
+    def __init__(self, reporter: Reporter, total: int) -> None:
+        self.reporter = reporter
+        self.total = total
+        self.parts: dict[int, Progress] = {}
+
+    def reporter_for(self, index: int) -> Reporter:
+        """The reporter of the ``index``-th call: it reports the sum of all calls."""
+
+        def report(progress: Progress) -> None:
+            self.parts[index] = progress
+            parts = self.parts.values()
+            self.reporter(
+                Progress(
+                    ",".join(p.property for p in parts),
+                    sum(p.done for p in parts),
+                    self.total,
+                    sum(p.retries for p in parts),
+                    sum(p.failed for p in parts),
+                )
+            )
+
+        return report

@@ -134,14 +134,13 @@ async def call_with_retry(
     send: Callable[[], Awaitable[T]],
     policy: RetryPolicy,
     *,
-    describe: str,
     on_retry: Callable[[BaseException, float], None] | None = None,
     timeouts_before_giving_up: int | None = None,
 ) -> T:
     """Await ``send()`` until it succeeds, retrying what :func:`should_retry` allows.
 
     After ``policy.max_retries`` retries the last error is raised as it is.
-    ``describe`` names the work in log lines (never a token);
+    Each retry is logged with its error, which names the chunk (never a token);
     ``on_retry(error, wait)`` is told of every retry. With
     ``timeouts_before_giving_up``, that many timeouts end the retries early (the
     caller splits the chunk instead of waiting out every retry).
@@ -168,8 +167,7 @@ async def call_with_retry(
         assert error is not None
         delay = state.upcoming_sleep
         logger.info(
-            "retrying %s in %.2fs (retry %d of %d) after: %s",
-            describe,
+            "retrying in %.2fs (retry %d of %d) after: %s",
             delay,
             state.attempt_number,
             policy.max_retries,

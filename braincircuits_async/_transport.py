@@ -9,32 +9,32 @@ any echo of a token in an error body is blanked before it reaches a message.
 from __future__ import annotations
 
 import ipaddress
-import json
-from collections.abc import Mapping
+from collections.abc import Iterable
+from pathlib import Path
 
 import httpx
 
-from ._config import CAVE_PROJECTS, DEFAULT_BASE_URL, ClientConfig, Secret
-from ._exceptions import (
-    APIStatusError,
-    AuthenticationError,
-    InvalidArgumentError,
-    MalformedResponseError,
-    RateLimitError,
-    excerpt,
+from ._config import (
+    CAVE_PROJECTS,
+    DEFAULT_BASE_URL,
+    ClientConfig,
+    Secret,
+    cave_token_from_files,
 )
-from ._retry import parse_retry_after
+from ._exceptions import AuthenticationError, InvalidArgumentError
 from ._version import __version__
 
 __all__ = [
+    "CAVE_TOKEN_HELP",
     "ENDPOINT",
+    "TOKEN_HELP",
     "AuthHeaders",
     "ConnectionPools",
+    "Credentials",
     "auth_headers",
     "check_base_url",
-    "error_for_status",
     "is_loopback",
-    "scrubbed",
+    "redact",
 ]
 
 ENDPOINT = "/circuit/segment/property/{property}"
@@ -191,22 +191,52 @@ def auth_headers(token: Secret | None, cave_token: Secret | None, project: str) 
     return headers
 
 
-def scrubbed(
-    error: MalformedResponseError, token: Secret | None, cave_token: Secret | None
-) -> MalformedResponseError:
-    """``error`` with any echo of a token blanked from its message and body excerpt.
+class Credentials:
+    """A client's tokens, and which of them go to which project.
 
-    A 200 answer's body is quoted in the error when it is not the documented
-    shape, and a misbehaving server may echo request headers into it.
+    The explicit CAVE token (``cave_token=`` or the environment) goes to every
+    project; without one, a CAVE-managed project gets the token CAVEclient saved
+    for that project's server, read once per project.
     """
-    secrets = (token, cave_token)
-    error.args = tuple(_scrub(a, secrets) if isinstance(a, str) else a for a in error.args)
-    error.body = _scrub(error.body, secrets)
-    return error
+
+    __slots__ = ("_cave_files", "_cave_secrets", "cave_token", "token")
+
+    def __init__(self, token: Secret | None, cave_token: Secret | None, cave_secrets: Path) -> None:
+        self.token = token
+        self.cave_token = cave_token
+        self._cave_secrets = cave_secrets
+        self._cave_files: dict[str, Secret | None] = {}
+
+    def cave_for(self, project: str) -> Secret | None:
+        """The CAVE token for ``project``: the explicit one, else CAVEclient's file."""
+        if self.cave_token is not None:
+            return self.cave_token
+        if project not in self._cave_files:
+            self._cave_files[project] = cave_token_from_files(project, self._cave_secrets)
+        return self._cave_files[project]
+
+    def headers_for(self, project: str) -> AuthHeaders:
+        """The auth headers for ``project`` (see :func:`auth_headers`)."""
+        return auth_headers(self.token, self.cave_for(project), project)
+
+    def describe(self) -> tuple[str, str]:
+        """Where each token came from, for a repr: never the tokens themselves."""
+
+        def shown(secret: Secret | None) -> str:
+            return "not set" if secret is None else f"set from {secret.source}"
+
+        cave = shown(self.cave_token)
+        if self.cave_token is None and any(self._cave_files.values()):
+            cave = "from CAVEclient's secret files, for CAVE projects"
+        return shown(self.token), cave
 
 
-def _scrub(text: str, secrets: tuple[Secret | None, ...]) -> str:
-    """Blank every token in ``text``, and a token's start cut off by an excerpt's "…"."""
+def redact(text: str, secrets: Iterable[Secret | None]) -> str:
+    """Blank every token in ``text``, and a token's start cut off by an excerpt's "…".
+
+    A misbehaving server may echo request headers into an answer, and answers
+    are quoted in error messages.
+    """
     for secret in secrets:
         if secret is None:
             continue
@@ -218,81 +248,3 @@ def _scrub(text: str, secrets: tuple[Secret | None, ...]) -> str:
                     text = text[: -1 - size] + "<hidden>…"
                     break
     return text
-
-
-def _detail(body: str) -> str:
-    """The server's own explanation: JSON ``detail`` when there is one, else the text."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return excerpt(body)
-    if isinstance(data, Mapping) and "detail" in data:
-        detail = data["detail"]
-        return excerpt(detail if isinstance(detail, str) else json.dumps(detail))
-    return excerpt(body)
-
-
-def error_for_status(
-    response: httpx.Response,
-    body: bytes,
-    *,
-    describe: str,
-    token: Secret | None,
-    cave_token: Secret | None,
-) -> APIStatusError:
-    """Translate a non-200 answer into the matching exception (returned, not raised).
-
-    ``body`` is the answer's body as read (the client reads bodies itself, with a
-    size cap), decoded leniently: an error page need not be valid UTF-8.
-    """
-    status = response.status_code
-    # Blank any echo of a token before cutting, so no piece of one survives the cut.
-    text = _scrub(body.decode(response.encoding or "utf-8", "replace"), (token, cave_token))
-    shown = excerpt(text)
-    detail = _detail(text)
-    retry_after = parse_retry_after(response.headers.get("Retry-After"))
-    if 300 <= status < 400:
-        location = response.headers.get("Location", "<no Location header>")
-        return APIStatusError(
-            f"{describe}: the server answered {status} redirecting to {location!r}. Redirects "
-            "are not followed, so tokens never travel to another host; if that address is "
-            "right and trusted, pass it as base_url=",
-            status_code=status,
-            body=shown,
-        )
-    if status in (401, 403):
-        refused = "refused" if status == 403 else "not accepted (401)"
-        if "cave" in detail.lower():
-            which = (
-                f"the CAVE token ({cave_token.source if cave_token else 'none sent'}) was "
-                f"{refused}; check cave_token= / BRAINCIRCUITS_CAVE_TOKEN and {CAVE_TOKEN_HELP}"
-            )
-        else:
-            which = (
-                f"the BrainCircuits token ({token.source if token else 'none sent'}) was "
-                f"{refused}; check token= / BRAINCIRCUITS_TOKEN and {TOKEN_HELP}"
-            )
-            if cave_token is not None:
-                which += " (a CAVE token was sent too and may be the one at fault)"
-        return AuthenticationError(
-            f"{describe}: {which}. Server said: {detail}", status_code=status, body=shown
-        )
-    wait = "" if retry_after is None else f" (Retry-After: {retry_after:g} s)"
-    if status == 429:
-        return RateLimitError(
-            f"{describe}: rate limited by the server (429){wait}: {detail}",
-            status_code=status,
-            body=shown,
-            retry_after=retry_after,
-        )
-    hint = {
-        404: " (check the property and project names, and base_url)",
-        413: " (too many segments in one request; lower chunk_size)",
-        422: " (the server could not use the request; check the project name)",
-    }.get(status, "")
-    return APIStatusError(
-        f"{describe}: the server answered {status}{hint}{wait}: {detail}",
-        status_code=status,
-        body=shown,
-        retry_after=retry_after,
-    )

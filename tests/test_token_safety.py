@@ -45,7 +45,7 @@ def test_tokens_from_the_environment_are_hidden_too(monkeypatch: pytest.MonkeyPa
     assert_no_secret(repr(client))
     assert "set from BRAINCIRCUITS_TOKEN" in repr(client)
     with pytest.raises(TypeError):
-        pickle.dumps(client._token)
+        pickle.dumps(client._credentials.token)
 
 
 async def test_a_server_that_echoes_the_token_in_an_error_does_not_leak_it(

@@ -1,0 +1,291 @@
+"""The decisions of a fetch, as small pure functions: no network, no clock, no state.
+
+What to do with an answer's materialization (:func:`judge_timestamp`), which
+chunks are stale (:func:`stale_slices`), when a chunk splits
+(:func:`split_decision`), which slices a deadline cut off (:func:`uncovered`),
+how failures become reasons (:func:`failure_reasons`), and how finished calls
+settle into results or one error (:func:`settle`). ``fetch_property``,
+``fetch_properties`` and the end of a stream all settle here, so they cannot
+drift apart. Each has a table test in ``tests/test_policy.py``.
+
+A *slice* ``(start, end)`` is a chunk: the ids ``ids[start:end]`` of a call's
+de-duplicated id list.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ._config import Consistency
+from ._exceptions import (
+    APIStatusError,
+    APITimeoutError,
+    BrainCircuitsError,
+    DeadlineExceededError,
+    IncompleteResultError,
+    InconsistentMaterializationError,
+)
+from ._merge import ChunkAnswer, chunk_result, merge_answers
+from ._models import SegmentPropertyResult
+
+__all__ = [
+    "Outcome",
+    "Split",
+    "Verdict",
+    "failure_reasons",
+    "judge_timestamp",
+    "settle",
+    "split_decision",
+    "stale_slices",
+    "stream_disagreement",
+    "uncovered",
+]
+
+logger = logging.getLogger("braincircuits_async")
+
+Slice = tuple[int, int]
+
+
+class Verdict(enum.Enum):
+    """What to do with an answer, given its materialization."""
+
+    KEEP = "keep"  # record it (or hand it on, in a stream)
+    REFETCH = "refetch"  # fetch the chunk again now (a stream's lagging replica)
+    STOP = "stop"  # the call can no longer be consistent
+
+
+def judge_timestamp(
+    timestamp: int,
+    reference: int | None,
+    *,
+    consistency: Consistency,
+    streaming: bool,
+    refetched: int,
+    max_refetch_rounds: int,
+) -> tuple[Verdict, str]:
+    """The verdict on an answer from ``timestamp``, and why when it is STOP.
+
+    ``reference`` is the first materialization the call saw; ``refetched`` how
+    often this chunk was fetched again already. Outside streams, ``"refetch"``
+    keeps every answer here: stale chunks are fetched again in rounds after the
+    first pass (see :func:`stale_slices`). A stream has handed chunks on already
+    and cannot take them back: an older chunk is fetched again at once, and a
+    newer materialization ends the stream.
+    """
+    if reference is None or timestamp == reference or consistency == "ignore":
+        return Verdict.KEEP, ""
+    if consistency == "strict":
+        return Verdict.STOP, "consistency='strict' allows only one"
+    if not streaming:
+        return Verdict.KEEP, ""
+    if timestamp > reference:
+        return Verdict.STOP, "chunks of the older one were yielded already"
+    if refetched < max_refetch_rounds:
+        return Verdict.REFETCH, ""
+    return Verdict.STOP, f"{refetched} re-fetch round(s) did not reconcile them"
+
+
+def stale_slices(answers: Iterable[ChunkAnswer], target: int | None) -> list[Slice]:
+    """The slices whose answer is not from materialization ``target``, in start order."""
+    return sorted((a.start, a.end) for a in answers if a.timestamp != target)
+
+
+class Split(enum.Enum):
+    """What to do with a chunk whose retries ended in ``error``."""
+
+    HALVE = "halve"  # queue both halves as chunks of their own
+    AGAIN_WHOLE = "again whole"  # stop splitting on timeouts; queue it again as it is
+    FAIL = "fail"  # record the chunk as failed
+
+
+def split_decision(
+    error: BrainCircuitsError, size: int, *, split_on_timeout: bool, timeout_half: bool
+) -> Split:
+    """Whether a failed chunk of ``size`` ids splits.
+
+    A 413 halves it (down to single ids). Timeouts halve a chunk too, while that
+    helps: ``timeout_half`` says the chunk is itself a half of one split for
+    timing out; when it times out as well, size was not the trouble, so
+    splitting on timeouts stops for the call and the chunk goes again whole,
+    with its full retries.
+    """
+    if size < 2:
+        return Split.FAIL
+    if isinstance(error, APIStatusError) and error.status_code == 413:
+        return Split.HALVE
+    if isinstance(error, APITimeoutError) and split_on_timeout:
+        return Split.AGAIN_WHOLE if timeout_half else Split.HALVE
+    return Split.FAIL
+
+
+def timeouts_before_splitting(size: int, *, split_on_timeout: bool) -> int | None:
+    """How many timeouts end a chunk's retries early, so it splits instead (None: never)."""
+    return 2 if size > 1 and split_on_timeout else None
+
+
+def uncovered(spans: Iterable[Slice], total: int) -> list[Slice]:
+    """The slices of ``range(total)`` that no span covers (what a deadline cut off)."""
+    gaps = []
+    position = 0
+    for start, end in sorted(spans):
+        if start > position:
+            gaps.append((position, start))
+        position = max(position, end)
+    if position < total:
+        gaps.append((position, total))
+    return gaps
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one call (one property) ended: what it kept, handed on and could not fetch."""
+
+    prop: str
+    project: str
+    ids: Sequence[int]
+    answers: Sequence[ChunkAnswer]
+    #: start -> (end, error) of each slice that failed for good.
+    failures: Mapping[int, tuple[int, BrainCircuitsError]] = field(default_factory=dict)
+    #: Chunks handed on to a stream's reader (not kept in ``answers``).
+    delivered: int = 0
+
+
+def failure_reasons(
+    failures: Mapping[int, tuple[int, BrainCircuitsError]], ids: Sequence[int]
+) -> tuple[dict[int, str], list[BrainCircuitsError]]:
+    """Each failed segment's reason as text, and the distinct errors in slice order."""
+    errors: list[BrainCircuitsError] = []
+    reasons: dict[int, str] = {}
+    for start in sorted(failures):
+        end, error = failures[start]
+        if error not in errors:
+            errors.append(error)
+        reasons.update(dict.fromkeys(ids[start:end], str(error)))
+    return reasons, errors
+
+
+def settle(
+    outcomes: Sequence[Outcome],
+    *,
+    consistency: Consistency,
+    max_refetch_rounds: int,
+    streaming: bool = False,
+) -> dict[str, SegmentPropertyResult]:
+    """The results of finished calls, or the one error that says why they cannot be trusted.
+
+    - Answers from more than one materialization: :class:`InconsistentMaterializationError`
+      holding every property's result, unless ``consistency="ignore"`` (a warning).
+    - Nothing fetched at all, every chunk failed: that chunk's own error (e.g.
+      :class:`RateLimitError`), for one property or several alike, since nothing is
+      lost by raising it. A deadline that cut everything off still raises
+      :class:`IncompleteResultError`, as every deadline does.
+    - Some chunks failed: :class:`IncompleteResultError` with everything else.
+    """
+    timestamps = sorted({a.timestamp for o in outcomes for a in o.answers})
+    if len(timestamps) > 1:
+        if consistency != "ignore":
+            raise inconsistent_error(outcomes, timestamps, consistency, max_refetch_rounds)
+        logger.warning(
+            "%s: chunks came from different materializations %s; consistency='ignore' "
+            "keeps them all and reports the newest",
+            _what(outcomes),
+            timestamps,
+        )
+    results = {o.prop: merge_answers(o.answers, o.prop, o.project) for o in outcomes}
+    failing = [o for o in outcomes if o.failures]
+    if not failing:
+        return results
+    several = len(outcomes) > 1
+    reasons: dict[int, str] = {}
+    errors: list[BrainCircuitsError] = []
+    for outcome in failing:
+        own, own_errors = failure_reasons(outcome.failures, outcome.ids)
+        for segment, reason in own.items():
+            text = f"{outcome.prop}: {reason}" if several else reason
+            reasons[segment] = f"{reasons[segment]}; {text}" if segment in reasons else text
+        errors.extend(e for e in own_errors if e not in errors)
+    fetched = any(o.answers or o.delivered for o in outcomes)
+    if not fetched and not isinstance(errors[0], DeadlineExceededError):
+        raise errors[0]
+    chunks = sum(len(o.failures) for o in failing)
+    where = (
+        "were yielded already"
+        if streaming
+        else ("are in .results" if several else "are in .result")
+    )
+    raise IncompleteResultError(
+        f"{_what(outcomes)}: {len(reasons)} of {len(outcomes[0].ids)} segment(s) could not "
+        f"be fetched ({chunks} chunk(s) failed; first: {errors[0]}). The others {where}, "
+        "the failed ones in .failures",
+        result=results[failing[0].prop],
+        failures=reasons,
+        errors=tuple(errors),
+        results=results if several else None,
+    ) from errors[0]
+
+
+def _what(outcomes: Sequence[Outcome]) -> str:
+    """What the calls fetched, for messages: ``size (project 'p')``."""
+    props = outcomes[0].prop if len(outcomes) == 1 else str([o.prop for o in outcomes])
+    return f"{props} (project {outcomes[0].project!r})"
+
+
+def inconsistent_error(
+    outcomes: Sequence[Outcome],
+    timestamps: Sequence[int],
+    consistency: Consistency,
+    max_refetch_rounds: int,
+) -> InconsistentMaterializationError:
+    """The error for answers from several materializations, keeping every result."""
+    why = (
+        "consistency='strict' and chunks came from different materializations"
+        if consistency == "strict"
+        else f"chunks still disagree after {max_refetch_rounds} re-fetch round(s)"
+    )
+    advice = (
+        "raise max_refetch_rounds, or fetch again later"
+        if consistency == "refetch"
+        else "fetch again, or use consistency='refetch' to re-fetch stale chunks"
+    )
+    newest = max(timestamps)
+    # The property to show first: one whose own chunks disagree, or lag the newest.
+    worst = next(
+        o
+        for o in outcomes
+        if len({a.timestamp for a in o.answers}) > 1
+        or max((a.timestamp for a in o.answers), default=newest) != newest
+    )
+    results = {o.prop: merge_answers(o.answers, o.prop, o.project) for o in outcomes}
+    reasons: dict[int, str] = {}
+    for outcome in outcomes:
+        reasons.update(failure_reasons(outcome.failures, outcome.ids)[0])
+    return InconsistentMaterializationError(
+        f"{_what(outcomes)}: {why}: timestamps {list(timestamps)}. The dataset was "
+        f"re-materialized during the fetch; {advice}",
+        timestamps=tuple(timestamps),
+        result=results[worst.prop],
+        segment_timestamps={
+            segment: answer.timestamp for answer in worst.answers for segment, _ in answer.items()
+        },
+        failures=reasons,
+        results=results if len(outcomes) > 1 else None,
+    )
+
+
+def stream_disagreement(
+    answer: ChunkAnswer, reference: int | None, why: str, *, prop: str, project: str
+) -> InconsistentMaterializationError:
+    """The error that ends a stream at a chunk from another materialization."""
+    timestamps = tuple(
+        sorted({answer.timestamp, answer.timestamp if reference is None else reference})
+    )
+    return InconsistentMaterializationError(
+        f"{prop} (project {project!r}): the stream's chunks came from materializations "
+        f"{list(timestamps)}, and {why}; start the stream again to read one materialization",
+        timestamps=timestamps,
+        result=chunk_result(answer, prop, project),
+        segment_timestamps=dict.fromkeys((s for s, _ in answer.items()), answer.timestamp),
+    )

@@ -1,0 +1,370 @@
+"""The wire: sending one chunk and turning whatever comes back into an answer or our error.
+
+One :class:`Wire` per client, built from narrow parts (the connection pools, the
+request gate, the credentials, the stats), is handed to every call. For one chunk
+it builds the request, takes a slot from the gate, sends, reads the body under a
+size cap, and parses the answer. Every lower-layer error becomes one of ours in
+one place, :class:`LowerLayerErrors` (as httpx's transport maps httpcore's
+errors), and an error status becomes one in :func:`error_for_status`: errors are
+built once, complete and with every token echo blanked, and never patched later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import httpx
+
+from ._config import Secret
+from ._exceptions import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BrainCircuitsError,
+    MalformedResponseError,
+    RateLimitError,
+    excerpt,
+)
+from ._limits import RequestGate
+from ._merge import ChunkAnswer, parse_answer
+from ._retry import RETRYABLE_STATUS, parse_retry_after
+from ._stats import ClientStats
+from ._transport import (
+    CAVE_TOKEN_HELP,
+    ENDPOINT,
+    TOKEN_HELP,
+    AuthHeaders,
+    ConnectionPools,
+    Credentials,
+    redact,
+)
+
+__all__ = ["LowerLayerErrors", "Target", "Wire", "error_for_status", "read_capped"]
+
+logger = logging.getLogger("braincircuits_async")
+
+#: Told the outcome of a request while the request still holds its slot (see `Wire.send`).
+Judge = Callable[[ChunkAnswer | BrainCircuitsError], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where the chunks of one call go: one property of one project, with its headers."""
+
+    prop: str
+    project: str
+    url: httpx.URL
+    headers: AuthHeaders
+    token: Secret | None
+    cave_token: Secret | None
+
+    def redact(self, text: str) -> str:
+        """``text`` with any echo of this target's tokens blanked."""
+        return redact(text, (self.token, self.cave_token))
+
+
+class LowerLayerErrors:
+    """Catches the httpx (and socket, anyio) errors of one request, as ours.
+
+    Used as ``with errors: ...`` then ``errors.raise_caught()``: the error is
+    raised after the ``with`` block, not from inside the handler, so the httpx
+    error (which holds the request, whose headers carry the tokens) never rides
+    along as ``__context__``. Anything else (cancellation, a bug) passes through.
+    """
+
+    __slots__ = ("caught", "describe", "timeout")
+
+    def __init__(self, describe: str, timeout: float) -> None:
+        self.describe = describe
+        self.timeout = timeout
+        self.caught: BrainCircuitsError | None = None
+
+    def __enter__(self) -> LowerLayerErrors:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        if error is None:
+            return False
+        self.caught = self.translate(error)
+        return self.caught is not None
+
+    def translate(self, error: BaseException) -> BrainCircuitsError | None:
+        """Our error for a lower layer's ``error``, or None if it is not one."""
+        name = type(error).__name__
+        if isinstance(error, httpx.TimeoutException):
+            return APITimeoutError(
+                f"{self.describe}: no answer within timeout={self.timeout:g} s ({name})"
+            )
+        if isinstance(error, httpx.DecodingError):
+            return MalformedResponseError(
+                f"{self.describe}: the answer could not be decoded ({error})", transient=True
+            )
+        if isinstance(
+            error, (httpx.RequestError, OSError, anyio.BrokenResourceError, anyio.EndOfStream)
+        ):
+            return APIConnectionError(f"{self.describe}: connection failed ({name}: {error})")
+        return None
+
+    def raise_caught(self) -> None:
+        if self.caught is not None:
+            raise self.caught
+
+
+class Wire:
+    """Sends chunks: one request each, under the client's gate, through its pools."""
+
+    __slots__ = (
+        "base_url",
+        "credentials",
+        "gate",
+        "max_response_bytes",
+        "max_retry_after",
+        "pools",
+        "stats",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        *,
+        pools: ConnectionPools,
+        gate: RequestGate,
+        credentials: Credentials,
+        stats: ClientStats,
+        base_url: str,
+        timeout: float,
+        max_response_bytes: int,
+        max_retry_after: float,
+    ) -> None:
+        self.pools = pools
+        self.gate = gate
+        self.credentials = credentials
+        self.stats = stats
+        self.base_url = base_url
+        #: For messages: the pools enforce it.
+        self.timeout = timeout
+        self.max_response_bytes = max_response_bytes
+        #: For messages: a longer Retry-After is not waited for (see `_retry`).
+        self.max_retry_after = max_retry_after
+
+    def target(self, prop: str, project: str) -> Target:
+        """The target of ``prop`` in ``project``; raises AuthenticationError without a token."""
+        headers = self.credentials.headers_for(project)
+        return Target(
+            prop=prop,
+            project=project,
+            url=httpx.URL(
+                self.base_url + ENDPOINT.format(property=prop), params={"project": project}
+            ),
+            headers=AuthHeaders({**self.pools.headers, **headers}),
+            token=self.credentials.token,
+            cave_token=self.credentials.cave_for(project),
+        )
+
+    async def send(
+        self,
+        target: Target,
+        ids: Sequence[int],
+        *,
+        start: int,
+        describe: str,
+        judge: Judge,
+    ) -> ChunkAnswer:
+        """One request for the chunk ``ids`` (at ``start`` in the call's id list).
+
+        Returns the parsed answer or raises our error for it. ``judge`` is told the
+        outcome while the request still holds its slot, so a verdict that ends the
+        call (a refused token, a strict-mode disagreement) cancels the rest before
+        another request can start.
+        """
+        keys = list(map(str, ids))
+        request = httpx.Request(
+            "POST",
+            target.url,
+            headers=target.headers,
+            content=('{"segments":[' + ",".join(keys) + "]}").encode(),
+        )
+        gate = self.gate
+        async with gate as sent_at:
+            # The gate's fast path may not have passed a checkpoint: a call stopped
+            # meanwhile must send nothing more.
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            self.stats.requests += 1
+            slot = self.pools.take()
+            errors = LowerLayerErrors(describe, self.timeout)
+            try:
+                with errors:
+                    response = await self.pools.client_for(slot).send(request, stream=True)
+                    try:
+                        body = await read_capped(response, self.max_response_bytes)
+                    finally:
+                        await response.aclose()
+            finally:
+                self.pools.give_back(slot)
+            errors.raise_caught()
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "POST %s %s -> %d in %.3fs",
+                    target.url.path,
+                    describe,
+                    response.status_code,
+                    anyio.current_time() - sent_at,
+                )
+            outcome = self._outcome(target, response, body, sent_at, ids, keys, start, describe)
+            judge(outcome)
+            if isinstance(outcome, BrainCircuitsError):
+                raise outcome
+            return outcome
+
+    def _outcome(
+        self,
+        target: Target,
+        response: httpx.Response,
+        body: bytes | None,
+        sent_at: float,
+        ids: Sequence[int],
+        keys: list[str],
+        start: int,
+        describe: str,
+    ) -> ChunkAnswer | BrainCircuitsError:
+        """The answer, or the error that says why there is none (returned, not raised)."""
+        if body is None:
+            return MalformedResponseError(
+                f"{describe}: the answer is larger than max_response_bytes="
+                f"{self.max_response_bytes:,}; lower chunk_size, or raise the cap"
+            )
+        if response.status_code != 200:
+            if response.status_code == 429:
+                self.gate.throttled(sent_at)
+            return error_for_status(
+                response.status_code,
+                response.headers,
+                body,
+                encoding=response.encoding,
+                describe=describe,
+                target=target,
+                max_retry_after=self.max_retry_after,
+            )
+        self.gate.succeeded()
+        try:
+            return parse_answer(
+                body, ids, keys, start=start, describe=describe, redact=target.redact
+            )
+        except MalformedResponseError as error:
+            return error
+
+
+async def read_capped(response: httpx.Response, cap: int) -> bytes | None:
+    """The body, or None if it is longer than ``cap`` bytes (a runaway answer)."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > cap:
+        return None
+    pieces = []
+    size = 0
+    # aclosing: stopping early must close httpx's body generators now, not at GC.
+    body: Any = response.aiter_bytes()  # an async generator: it has aclose()
+    async with contextlib.aclosing(body):
+        async for piece in body:
+            size += len(piece)
+            if size > cap:
+                return None
+            pieces.append(piece)
+    return b"".join(pieces)
+
+
+def _detail(body: str) -> str:
+    """The server's own explanation: JSON ``detail`` when there is one, else the text."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return excerpt(body)
+    if isinstance(data, Mapping) and "detail" in data:
+        detail = data["detail"]
+        return excerpt(detail if isinstance(detail, str) else json.dumps(detail))
+    return excerpt(body)
+
+
+def error_for_status(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    encoding: str | None,
+    describe: str,
+    target: Target,
+    max_retry_after: float,
+) -> APIStatusError:
+    """Our error for a non-200 answer (returned, not raised).
+
+    ``body`` is the answer's body as read (capped), decoded leniently: an error
+    page need not be valid UTF-8. Token echoes are blanked before the text is cut.
+    """
+    text = target.redact(body.decode(encoding or "utf-8", "replace"))
+    shown = excerpt(text)
+    detail = _detail(text)
+    retry_after = parse_retry_after(headers.get("Retry-After"))
+    token, cave_token = target.token, target.cave_token
+    if 300 <= status < 400:
+        location = headers.get("Location", "<no Location header>")
+        return APIStatusError(
+            f"{describe}: the server answered {status} redirecting to {location!r}. Redirects "
+            "are not followed, so tokens never travel to another host; if that address is "
+            "right and trusted, pass it as base_url=",
+            status_code=status,
+            body=shown,
+        )
+    if status in (401, 403):
+        refused = "refused" if status == 403 else "not accepted (401)"
+        if "cave" in detail.lower():
+            which = (
+                f"the CAVE token ({cave_token.source if cave_token else 'none sent'}) was "
+                f"{refused}; check cave_token= / BRAINCIRCUITS_CAVE_TOKEN and {CAVE_TOKEN_HELP}"
+            )
+        else:
+            which = (
+                f"the BrainCircuits token ({token.source if token else 'none sent'}) was "
+                f"{refused}; check token= / BRAINCIRCUITS_TOKEN and {TOKEN_HELP}"
+            )
+            if cave_token is not None:
+                which += " (a CAVE token was sent too and may be the one at fault)"
+        return AuthenticationError(
+            f"{describe}: {which}. Server said: {detail}", status_code=status, body=shown
+        )
+    wait = "" if retry_after is None else f" (Retry-After: {retry_after:g} s)"
+    if status in RETRYABLE_STATUS and retry_after is not None and retry_after > max_retry_after:
+        wait += (
+            f"; the server asked to wait {retry_after:g} s, longer than "
+            f"max_retry_after={max_retry_after:g} s, so the chunk was not retried"
+        )
+    if status == 429:
+        return RateLimitError(
+            f"{describe}: rate limited by the server (429){wait}: {detail}",
+            status_code=status,
+            body=shown,
+            retry_after=retry_after,
+        )
+    hint = {
+        404: " (check the property and project names, and base_url)",
+        413: " (too many segments in one request; lower chunk_size)",
+        422: " (the server could not use the request; check the project name)",
+    }.get(status, "")
+    return APIStatusError(
+        f"{describe}: the server answered {status}{hint}{wait}: {detail}",
+        status_code=status,
+        body=shown,
+        retry_after=retry_after,
+    )
