@@ -77,6 +77,71 @@ async def test_strict_mode_raises_when_properties_disagree(make_client: Any) -> 
             await client.fetch_properties(PROPS, range(50))
 
 
+async def test_strict_disagreement_keeps_every_propertys_result(make_client: Any) -> None:
+    box: list[ScriptedServer] = []
+
+    async def handler(request: httpx.Request, n: int) -> httpx.Response | None:
+        prop = request.url.path.rsplit("/", 1)[1]
+        box[0].timestamp = TIMESTAMP + 3600 if prop == "link_post" else TIMESTAMP
+        return None
+
+    server = ScriptedServer(handler=handler)
+    box.append(server)
+    async with make_client(
+        transport=server, chunk_size=10, max_concurrency=1, consistency="strict"
+    ) as client:
+        with pytest.raises(bca.InconsistentMaterializationError, match="strict") as caught:
+            await client.fetch_properties(PROPS, range(50))
+    error = caught.value
+    assert error.timestamps == (TIMESTAMP, TIMESTAMP + 3600)
+    assert set(error.results) == set(PROPS)
+    # Whatever each property had fetched when the disagreement stopped the call is kept.
+    fetched = {p: r for p, r in error.results.items() if len(r)}
+    assert "link_post" in fetched
+    for prop, result in fetched.items():
+        stamp = TIMESTAMP + 3600 if prop == "link_post" else TIMESTAMP
+        assert all(result[s] == value_for(s, stamp) for s in result)
+    assert error.result is error.results[error.result.property]
+
+
+async def test_refetch_disagreement_keeps_every_propertys_result(make_client: Any) -> None:
+    # link_post always answers from a newer materialization than the others.
+    box: list[ScriptedServer] = []
+
+    async def handler(request: httpx.Request, n: int) -> httpx.Response | None:
+        prop = request.url.path.rsplit("/", 1)[1]
+        box[0].timestamp = TIMESTAMP + 3600 if prop == "link_post" else TIMESTAMP
+        return None
+
+    server = ScriptedServer(handler=handler)
+    box.append(server)
+    async with make_client(transport=server, chunk_size=10, max_refetch_rounds=2) as client:
+        with pytest.raises(bca.InconsistentMaterializationError, match="re-fetch") as caught:
+            await client.fetch_properties(PROPS, range(30))
+    error = caught.value
+    assert {p: len(r) for p, r in error.results.items()} == dict.fromkeys(PROPS, 30)
+    assert error.results["link_post"].materialized_timestamp == TIMESTAMP + 3600
+    assert error.results["size"].materialized_timestamp == TIMESTAMP
+    assert error.result.property in ("size", "link_pre")  # a property that lags
+
+
+async def test_when_every_chunk_of_every_property_fails_the_error_is_the_same_as_for_one(
+    make_client: Any,
+) -> None:
+    async def handler(request: httpx.Request, n: int) -> httpx.Response | None:
+        return httpx.Response(429, json={"detail": "quota exceeded"})
+
+    async with make_client(
+        transport=ScriptedServer(handler=handler), chunk_size=10, max_retries=1
+    ) as client:
+        with pytest.raises(bca.RateLimitError, match="quota exceeded") as one:
+            await client.fetch_property("size", range(30))
+        with pytest.raises(bca.RateLimitError, match="quota exceeded") as several:
+            await client.fetch_properties(PROPS, range(30))
+    assert type(one.value) is type(several.value)
+    assert not isinstance(several.value, bca.IncompleteResultError)
+
+
 async def test_a_failing_property_keeps_the_others(make_client: Any) -> None:
     async def handler(request: httpx.Request, n: int) -> httpx.Response | None:
         if request.url.path.endswith("/link_post") and 7 in requested(request):

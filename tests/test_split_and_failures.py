@@ -124,8 +124,11 @@ async def test_a_closed_client_says_so(make_client: Any) -> None:
     client = make_client(transport=ScriptedServer())
     async with client:
         pass
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(bca.ClientClosedError, match="closed") as caught:
         await client.fetch_property("link_pre", [1])
+    # One hierarchy, and still the RuntimeError that code written before caught.
+    assert isinstance(caught.value, bca.BrainCircuitsError)
+    assert isinstance(caught.value, RuntimeError)
 
 
 async def test_an_error_in_the_progress_callback_stops_the_call_as_itself(

@@ -12,7 +12,7 @@ import pytest
 
 import braincircuits_async as bca
 
-from .conftest import CAVE_TOKEN, TOKEN, ScriptedServer
+from .conftest import CAVE_TOKEN, PROJECT, TOKEN, ScriptedServer
 
 pytestmark = pytest.mark.anyio
 
@@ -36,7 +36,12 @@ async def test_tokens_are_absent_from_the_clients_repr_and_str(make_client: Any)
         assert_no_secret(str(client))
         assert_no_secret(repr(vars(client)))
         assert "token=<set from token=>" in repr(client)
-        assert_no_secret(repr(client._http.headers))
+        # The headers a call sends carry both tokens, and show neither.
+        headers = client._wire.target("link_pre", PROJECT).headers
+        assert headers["Authorization"] == f"Bearer {TOKEN}"
+        assert headers["Authorization-Cave"] == f"Bearer {CAVE_TOKEN}"
+        assert_no_secret(repr(headers))
+        assert_no_secret(str(headers))
 
 
 def test_tokens_from_the_environment_are_hidden_too(monkeypatch: pytest.MonkeyPatch) -> None:

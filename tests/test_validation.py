@@ -80,8 +80,33 @@ def test_bad_ids_name_the_value_and_its_position(segments: Any, position: int, w
     ["720575940634474894", 720575940634474894, b"12", None, np.int64(5), np.array(5)],
 )
 def test_a_single_id_or_string_instead_of_a_list_is_refused(segments: Any) -> None:
-    with pytest.raises(TypeError, match="iterable of segment ids"):
+    with pytest.raises(bca.InvalidSegmentError, match="iterable of segment ids") as caught:
         normalize_segments(segments)
+    assert isinstance(caught.value, TypeError)  # what it was before: except clauses still work
+    assert caught.value.position is None
+
+
+@pytest.mark.parametrize(
+    ("make_bad", "builtin"),
+    [
+        (lambda: bca.AsyncClient(chunk_size=0), ValueError),
+        (lambda: bca.AsyncClient(chunk_size="500"), TypeError),
+        (lambda: bca.AsyncClient(timeout=-1), ValueError),
+        (lambda: bca.AsyncClient(consistency="maybe"), ValueError),
+        (lambda: bca.AsyncClient(base_url="ftp://x.test"), ValueError),
+        (lambda: bca.AsyncClient(base_url="http://example.com"), ValueError),
+        (lambda: bca.AsyncClient(token=" "), ValueError),
+        (lambda: bca.AsyncClient(project="bad name"), ValueError),
+        (lambda: bca.RetryPolicy(max_retries=-1), ValueError),
+    ],
+)
+def test_bad_settings_raise_one_error_of_the_tree_that_is_also_the_builtin(
+    make_bad: Any, builtin: type[Exception]
+) -> None:
+    with pytest.raises(bca.InvalidArgumentError) as caught:
+        make_bad()
+    assert isinstance(caught.value, bca.BrainCircuitsError)
+    assert isinstance(caught.value, builtin)
 
 
 def test_two_dimensional_arrays_are_refused() -> None:
