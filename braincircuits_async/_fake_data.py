@@ -1,4 +1,4 @@
-"""Deterministic synthetic segment properties for the fake server in `testing.py`.
+"""Deterministic synthetic segment properties for the fake server in `testing/`.
 
 Every value is a pure function of (project, property, segment id, materialized
 timestamp): the same question always gets the same answer, and a rollover of the
