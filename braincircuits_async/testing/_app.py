@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 
+from .._exceptions import InvalidArgumentError
 from .._fake_data import DOCUMENTED_PROPERTIES
 from ._answers import AnswerEncoder
 from ._checks import (
@@ -192,7 +193,7 @@ class FakeBrainCircuits:
         self._bucket = rate_limit_bucket(rate_limit, rate_limit_retry_after, now=self._clock())
         max_consecutive = check_int("max_consecutive_faults", max_consecutive_faults, 0)
         if not isinstance(seed, int):
-            raise ValueError(f"seed must be an int, got {seed!r}")
+            raise InvalidArgumentError(f"seed must be an int, got {seed!r}")
         self._faults = FaultDraws(fault_table, max_consecutive, seed)
         cache_bytes = check_int("answer_cache_bytes", answer_cache_bytes, 0)
         self._encoder = AnswerEncoder(fraction, cache_bytes)
@@ -296,9 +297,13 @@ class FakeBrainCircuits:
         if project is None:
             project = self._default_project
         if project not in self._projects:
-            raise ValueError(f"project must be one of {sorted(self._projects)}, got {project!r}")
+            raise InvalidArgumentError(
+                f"project must be one of {sorted(self._projects)}, got {project!r}"
+            )
         if prop not in self._properties:
-            raise ValueError(f"property must be one of {sorted(self._properties)}, got {prop!r}")
+            raise InvalidArgumentError(
+                f"property must be one of {sorted(self._properties)}, got {prop!r}"
+            )
         if timestamp is None:
             timestamp = self._timestamp
         return project, check_int("materialized_timestamp", timestamp, 0)

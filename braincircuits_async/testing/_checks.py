@@ -12,6 +12,8 @@ import math
 import re
 from collections.abc import Iterable
 
+from .._exceptions import InvalidArgumentError
+
 __all__ = [
     "MAX_SEGMENT",
     "PROPERTY_NAME",
@@ -34,7 +36,7 @@ PROPERTY_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 def check_token(name: str, token: str | None) -> str | None:
     if token is not None and (not isinstance(token, str) or not token or token != token.strip()):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{name} must be a non-empty string without surrounding spaces, or None to "
             "turn the check off"
         )
@@ -43,12 +45,16 @@ def check_token(name: str, token: str | None) -> str | None:
 
 def check_names(name: str, names: Iterable[str], *, empty_ok: bool = False) -> frozenset[str]:
     if isinstance(names, str):
-        raise ValueError(f"{name} must be a collection of names, not one string: {names!r}")
+        raise InvalidArgumentError(
+            f"{name} must be a collection of names, not one string: {names!r}"
+        )
     result = frozenset(names)
     if not all(isinstance(n, str) and n for n in result):
-        raise ValueError(f"{name} must hold non-empty strings, got {sorted(map(repr, result))}")
+        raise InvalidArgumentError(
+            f"{name} must hold non-empty strings, got {sorted(map(repr, result))}"
+        )
     if not result and not empty_ok:
-        raise ValueError(f"{name} must name at least one")
+        raise InvalidArgumentError(f"{name} must name at least one")
     return result
 
 
@@ -65,13 +71,15 @@ def check_projects(
     known = check_names("projects", projects)
     cave = check_names("cave_projects", cave_projects, empty_ok=True)
     if not cave <= known:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"cave_projects must be a subset of projects; not in projects: {sorted(cave - known)}"
         )
     if default_project is None:
         default_project = preferred if preferred in known else min(known)
     elif default_project not in known:
-        raise ValueError(f"default_project must be one of projects, got {default_project!r}")
+        raise InvalidArgumentError(
+            f"default_project must be one of projects, got {default_project!r}"
+        )
     return known, cave, default_project
 
 
@@ -79,13 +87,13 @@ def check_properties(properties: Iterable[str]) -> frozenset[str]:
     names = check_names("properties", properties)
     bad = sorted(p for p in names if not PROPERTY_NAME.fullmatch(p))
     if bad:
-        raise ValueError(f"properties must match [A-Za-z0-9_-]+, got {bad}")
+        raise InvalidArgumentError(f"properties must match [A-Za-z0-9_-]+, got {bad}")
     return names
 
 
 def check_int(name: str, value: int, minimum: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+        raise InvalidArgumentError(f"{name} must be an int >= {minimum}, got {value!r}")
     return value
 
 
@@ -98,13 +106,13 @@ def check_float(name: str, value: float, minimum: float, maximum: float | None =
         _is_finite_number(value) and value >= minimum and (maximum is None or value <= maximum)
     ):
         accepted = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
-        raise ValueError(f"{name} must be a finite number {accepted}, got {value!r}")
+        raise InvalidArgumentError(f"{name} must be a finite number {accepted}, got {value!r}")
     return float(value)
 
 
 def check_positive(name: str, value: float) -> float:
     if not (_is_finite_number(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        raise InvalidArgumentError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
 
 
@@ -116,5 +124,5 @@ def is_segment_id(value: object) -> bool:
 
 def check_segment(segment: int) -> int:
     if not is_segment_id(segment):
-        raise ValueError(f"segment must be an int in [0, 2**64), got {segment!r}")
+        raise InvalidArgumentError(f"segment must be an int in [0, 2**64), got {segment!r}")
     return segment

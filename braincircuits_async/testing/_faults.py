@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 import httpx
 
+from .._exceptions import InvalidArgumentError
 from ._checks import check_float
 from ._http import JSON_HEADERS, Send, format_seconds, send_body
 
@@ -50,7 +51,9 @@ def check_faults(faults: Mapping[str, float] | None) -> tuple[tuple[str, float],
         return ()
     unknown = sorted(str(k) for k in faults if k not in FAULT_KINDS)
     if unknown:
-        raise ValueError(f"faults has unknown kinds {unknown}; known kinds: {list(FAULT_KINDS)}")
+        raise InvalidArgumentError(
+            f"faults has unknown kinds {unknown}; known kinds: {list(FAULT_KINDS)}"
+        )
     table = []
     total = 0.0
     for kind in FAULT_KINDS:
@@ -60,7 +63,7 @@ def check_faults(faults: Mapping[str, float] | None) -> tuple[tuple[str, float],
                 total += probability
                 table.append((kind, total))
     if total > 1.0 + 1e-9:
-        raise ValueError(f"faults probabilities must add up to at most 1, got {total:g}")
+        raise InvalidArgumentError(f"faults probabilities must add up to at most 1, got {total:g}")
     return tuple(table)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from .._exceptions import InvalidArgumentError
 from ._checks import check_float, check_positive
 from ._http import format_seconds
 
@@ -18,7 +19,9 @@ def rate_limit_bucket(
     """
     rate = None if rate_limit is None else check_positive("rate_limit", rate_limit)
     if retry_after is not None and rate is None:
-        raise ValueError("rate_limit_retry_after needs rate_limit (requests per second) to be set")
+        raise InvalidArgumentError(
+            "rate_limit_retry_after needs rate_limit (requests per second) to be set"
+        )
     if retry_after is not None:
         retry_after = check_float("rate_limit_retry_after", retry_after, 0.0)
     return None if rate is None else TokenBucket(rate, retry_after=retry_after, now=now)

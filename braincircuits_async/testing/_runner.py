@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from .._exceptions import MissingDependencyError
 from ._faults import _InjectedFault
 from ._http import ASGIApp
 
@@ -42,7 +43,7 @@ def _make_server(
     try:
         import uvicorn
     except ImportError as exc:
-        raise ImportError(
+        raise MissingDependencyError(
             'the loopback fake server needs uvicorn: pip install "braincircuits-async[fake]"'
         ) from exc
     config = uvicorn.Config(
