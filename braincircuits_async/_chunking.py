@@ -18,6 +18,7 @@ __all__ = [
     "chunk_slices",
     "normalize_segments",
     "validate_project",
+    "validate_properties",
     "validate_property",
 ]
 
@@ -40,6 +41,19 @@ def validate_property(name: object) -> str:
             "(for example 'link_pre', 'size', 'connectivity')"
         )
     return name
+
+
+def validate_properties(names: Iterable[str]) -> list[str]:
+    """The property names in ``names``, validated, de-duplicated, in the order given."""
+    if isinstance(names, str):
+        raise InvalidArgumentError(
+            "properties must be a list of property names such as ['size', 'link_pre'], "
+            "not a single string"
+        )
+    props = list(dict.fromkeys(validate_property(p) for p in names))
+    if not props:
+        raise InvalidArgumentError("no property given: pass at least one, e.g. ['link_pre']")
+    return props
 
 
 def validate_project(name: object) -> str:

@@ -20,14 +20,14 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
 import anyio
 import httpx
 
-from ._chunking import chunk_slices, normalize_segments, validate_project, validate_property
+from ._chunking import chunk_slices, normalize_segments, validate_project, validate_properties
 from ._config import (
     DEFAULT_BACKOFF_BASE,
     DEFAULT_BACKOFF_MAX,
@@ -49,16 +49,15 @@ from ._config import (
     resolve_cave_token,
     resolve_token,
 )
-from ._exceptions import ClientClosedError, InvalidArgumentError
-from ._limits import RequestGate
+from ._exceptions import ClientClosedError
 from ._merge import newest_timestamp
 from ._models import SegmentPropertyResult
 from ._policy import settle, stale_slices
 from ._progress import CombinedProgress, ProgressArg, close_reporter, make_reporter
-from ._scheduler import Call, Reference, Sink, StrictStop
+from ._scheduler import Call, Reference, Sink, StrictStop, run_all
 from ._stats import ClientStats
 from ._stream import PropertyStream
-from ._transport import ConnectionPools, Credentials, check_base_url
+from ._transport import Credentials, check_base_url
 from ._wire import Wire
 
 __all__ = ["AsyncClient", "ClientStats"]
@@ -167,24 +166,11 @@ class AsyncClient:
         self._credentials = Credentials(
             resolve_token(token), resolve_cave_token(cave_token), cave_secrets_folder()
         )
-        self._http = ConnectionPools(self._config, transport)
         #: Running totals of requests, retries, chunks and segments.
         self.stats = ClientStats()
         # Built once, from narrow parts: nothing below the client sees the client.
-        self._wire = Wire(
-            pools=self._http,
-            gate=RequestGate(
-                self._config.max_concurrency,
-                adaptive=self._config.adaptive_concurrency,
-                rate=self._config.max_requests_per_second,
-            ),
-            credentials=self._credentials,
-            stats=self.stats,
-            base_url=url,
-            timeout=self._config.timeout,
-            max_response_bytes=self._config.max_response_bytes,
-            max_retry_after=self._config.retry.max_retry_after,
-        )
+        self._wire = Wire.for_config(self._config, transport, self._credentials, self.stats)
+        self._http = self._wire.pools
         # Hosts the producers of iter_property streams: they must outlive a `break`.
         self._tasks: anyio.abc.TaskGroup | None = None
 
@@ -413,7 +399,7 @@ class AsyncClient:
         config = self._config
         with anyio.move_on_after(math.inf if deadline is None else deadline) as scope:
             try:
-                await _run_all(
+                await run_all(
                     [
                         functools.partial(c.fetch, chunk_slices(len(c.ids), config.chunk_size))
                         for c in calls
@@ -449,7 +435,7 @@ class AsyncClient:
                     round_number,
                 )
                 self.stats.refetches += len(slices)
-            await _run_all([functools.partial(c.refetch, s) for c, s in stale])
+            await run_all([functools.partial(c.refetch, s) for c, s in stale])
 
     def _call(
         self,
@@ -484,14 +470,7 @@ class AsyncClient:
         self, properties: Iterable[str], segments: Iterable[Any], project: str | None
     ) -> tuple[list[str], str, list[int]]:
         """Validate everything before any request: names, project, ids, an open client."""
-        if isinstance(properties, str):
-            raise InvalidArgumentError(
-                "properties must be a list of property names such as ['size', 'link_pre'], "
-                "not a single string"
-            )
-        props = list(dict.fromkeys(validate_property(p) for p in properties))
-        if not props:
-            raise InvalidArgumentError("no property given: pass at least one, e.g. ['link_pre']")
+        props = validate_properties(properties)
         proj = validate_project(project if project is not None else self._config.project)
         if self._http.is_closed:
             raise ClientClosedError("this AsyncClient is closed; create a new one")
@@ -500,21 +479,3 @@ class AsyncClient:
 
 def _empty(prop: str, project: str) -> SegmentPropertyResult:
     return SegmentPropertyResult({}, property=prop, project=project, materialized_timestamp=None)
-
-
-async def _run_all(jobs: list[Callable[[], Awaitable[Any]]]) -> None:
-    """Run ``jobs`` concurrently; the first to fail cancels the others and is raised."""
-    errors: list[Exception] = []
-
-    async def one(job: Callable[[], Awaitable[Any]], group: anyio.abc.TaskGroup) -> None:
-        try:
-            await job()
-        except Exception as error:
-            errors.append(error)
-            group.cancel_scope.cancel()
-
-    async with anyio.create_task_group() as group:
-        for job in jobs:
-            group.start_soon(one, job, group)
-    if errors:
-        raise errors[0]

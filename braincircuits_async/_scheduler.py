@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -38,7 +39,7 @@ from ._retry import call_with_retry, is_fatal
 from ._stats import ClientStats
 from ._wire import Target, Wire
 
-__all__ = ["Call", "Reference", "Sink", "StrictStop"]
+__all__ = ["Call", "Reference", "Sink", "StrictStop", "run_all"]
 
 logger = logging.getLogger("braincircuits_async")
 
@@ -374,3 +375,21 @@ class Call:
             self._stop = error
         if self._group is not None:
             self._group.cancel_scope.cancel()
+
+
+async def run_all(jobs: list[Callable[[], Awaitable[Any]]]) -> None:
+    """Run ``jobs`` concurrently; the first to fail cancels the others and is raised."""
+    errors: list[Exception] = []
+
+    async def one(job: Callable[[], Awaitable[Any]], group: anyio.abc.TaskGroup) -> None:
+        try:
+            await job()
+        except Exception as error:
+            errors.append(error)
+            group.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as group:
+        for job in jobs:
+            group.start_soon(one, job, group)
+    if errors:
+        raise errors[0]

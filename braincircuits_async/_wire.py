@@ -23,7 +23,7 @@ import anyio
 import anyio.lowlevel
 import httpx
 
-from ._config import Secret
+from ._config import ClientConfig, Secret
 from ._exceptions import (
     APIConnectionError,
     APIStatusError,
@@ -160,6 +160,30 @@ class Wire:
         self.max_response_bytes = max_response_bytes
         #: For messages: a longer Retry-After is not waited for (see `_retry`).
         self.max_retry_after = max_retry_after
+
+    @classmethod
+    def for_config(
+        cls,
+        config: ClientConfig,
+        transport: httpx.AsyncBaseTransport | None,
+        credentials: Credentials,
+        stats: ClientStats,
+    ) -> Wire:
+        """The wire of a client with ``config``: its pools and its gate, built once."""
+        return cls(
+            pools=ConnectionPools(config, transport),
+            gate=RequestGate(
+                config.max_concurrency,
+                adaptive=config.adaptive_concurrency,
+                rate=config.max_requests_per_second,
+            ),
+            credentials=credentials,
+            stats=stats,
+            base_url=config.base_url,
+            timeout=config.timeout,
+            max_response_bytes=config.max_response_bytes,
+            max_retry_after=config.retry.max_retry_after,
+        )
 
     def target(self, prop: str, project: str) -> Target:
         """The target of ``prop`` in ``project``; raises AuthenticationError without a token."""
