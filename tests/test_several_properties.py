@@ -16,6 +16,19 @@ pytestmark = pytest.mark.anyio
 PROPS = ["size", "link_pre", "link_post"]
 
 
+def link_post_from_a_newer_materialization() -> ScriptedServer:
+    """A server whose link_post answers always come from a newer materialization."""
+    box: list[ScriptedServer] = []
+
+    async def handler(request: httpx.Request, n: int) -> httpx.Response | None:
+        prop = request.url.path.rsplit("/", 1)[1]
+        box[0].timestamp = TIMESTAMP + 3600 if prop == "link_post" else TIMESTAMP
+        return None
+
+    box.append(ScriptedServer(handler=handler))
+    return box[0]
+
+
 async def test_every_property_comes_back_complete_and_in_order(make_client: Any) -> None:
     server = ScriptedServer(unknown=frozenset({4}))
     async with make_client(transport=server, chunk_size=10) as client:
@@ -61,15 +74,7 @@ async def test_a_property_behind_the_others_is_fetched_again(make_client: Any) -
 
 
 async def test_strict_mode_raises_when_properties_disagree(make_client: Any) -> None:
-    box: list[ScriptedServer] = []
-
-    async def handler(request: httpx.Request, n: int) -> httpx.Response | None:
-        prop = request.url.path.rsplit("/", 1)[1]
-        box[0].timestamp = TIMESTAMP + 3600 if prop == "link_post" else TIMESTAMP
-        return None
-
-    server = ScriptedServer(handler=handler)
-    box.append(server)
+    server = link_post_from_a_newer_materialization()
     async with make_client(
         transport=server, chunk_size=100, max_concurrency=1, consistency="strict"
     ) as client:
@@ -78,15 +83,7 @@ async def test_strict_mode_raises_when_properties_disagree(make_client: Any) -> 
 
 
 async def test_strict_disagreement_keeps_every_propertys_result(make_client: Any) -> None:
-    box: list[ScriptedServer] = []
-
-    async def handler(request: httpx.Request, n: int) -> httpx.Response | None:
-        prop = request.url.path.rsplit("/", 1)[1]
-        box[0].timestamp = TIMESTAMP + 3600 if prop == "link_post" else TIMESTAMP
-        return None
-
-    server = ScriptedServer(handler=handler)
-    box.append(server)
+    server = link_post_from_a_newer_materialization()
     async with make_client(
         transport=server, chunk_size=10, max_concurrency=1, consistency="strict"
     ) as client:
@@ -105,16 +102,7 @@ async def test_strict_disagreement_keeps_every_propertys_result(make_client: Any
 
 
 async def test_refetch_disagreement_keeps_every_propertys_result(make_client: Any) -> None:
-    # link_post always answers from a newer materialization than the others.
-    box: list[ScriptedServer] = []
-
-    async def handler(request: httpx.Request, n: int) -> httpx.Response | None:
-        prop = request.url.path.rsplit("/", 1)[1]
-        box[0].timestamp = TIMESTAMP + 3600 if prop == "link_post" else TIMESTAMP
-        return None
-
-    server = ScriptedServer(handler=handler)
-    box.append(server)
+    server = link_post_from_a_newer_materialization()
     async with make_client(transport=server, chunk_size=10, max_refetch_rounds=2) as client:
         with pytest.raises(bca.InconsistentMaterializationError, match="re-fetch") as caught:
             await client.fetch_properties(PROPS, range(30))
