@@ -58,7 +58,7 @@ from ._scheduler import Call, Reference, Sink, StrictStop, run_all
 from ._stats import ClientStats
 from ._stream import PropertyStream
 from ._transport import Credentials, check_base_url
-from ._wire import Wire
+from ._wire import Target, Wire
 
 __all__ = ["AsyncClient", "ClientStats"]
 
@@ -298,6 +298,8 @@ class AsyncClient:
         limit = self._deadline(deadline)
         if not ids:
             return {p: _empty(p, proj) for p in props}
+        # The targets first: a missing token must fail before a progress bar is drawn.
+        targets = [self._wire.target(p, proj) for p in props]
         total = len(ids) * len(props)
         reporter = make_reporter(progress, total, ",".join(props))
         # Several calls report their sum; a single one reports as it is.
@@ -308,13 +310,12 @@ class AsyncClient:
         try:
             calls = [
                 self._call(
-                    p,
-                    proj,
+                    target,
                     ids,
                     reference,
                     reporter=combined.reporter_for(i) if combined else reporter,
                 )
-                for i, p in enumerate(props)
+                for i, target in enumerate(targets)
             ]
             return await self._fetch(calls, limit)
         finally:
@@ -371,12 +372,9 @@ class AsyncClient:
         if not ids:
             producer.finish()
             return stream
+        target = self._wire.target(prop, proj)  # a missing token fails before any bar
         reporter = make_reporter(progress, len(ids), prop)
-        try:
-            call = self._call(prop, proj, ids, Reference(), reporter=reporter, sink=producer.put)
-        except BaseException:
-            close_reporter(reporter)
-            raise
+        call = self._call(target, ids, Reference(), reporter=reporter, sink=producer.put)
 
         async def run() -> None:
             await self._fetch([call], limit, streaming=True)
@@ -439,8 +437,7 @@ class AsyncClient:
 
     def _call(
         self,
-        prop: str,
-        project: str,
+        target: Target,
         ids: list[int],
         reference: Reference,
         *,
@@ -449,7 +446,7 @@ class AsyncClient:
     ) -> Call:
         return Call(
             self._wire,
-            self._wire.target(prop, project),
+            target,
             ids,
             self._config,
             self.stats,

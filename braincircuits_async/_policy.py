@@ -199,32 +199,42 @@ def settle(
     if not failing:
         return results
     several = len(outcomes) > 1
-    reasons: dict[int, str] = {}
-    errors: list[BrainCircuitsError] = []
-    for outcome in failing:
-        own, own_errors = failure_reasons(outcome.failures, outcome.ids)
-        for segment, reason in own.items():
-            text = f"{outcome.prop}: {reason}" if several else reason
-            reasons[segment] = f"{reasons[segment]}; {text}" if segment in reasons else text
-        errors.extend(e for e in own_errors if e not in errors)
+    reasons, errors = _all_reasons(failing, several=several)
     fetched = any(o.answers or o.delivered for o in outcomes)
     if not fetched and not isinstance(errors[0], DeadlineExceededError):
         raise errors[0]
     chunks = sum(len(o.failures) for o in failing)
+    kept = results[failing[0].prop]
     where = (
         "were yielded already"
         if streaming
-        else ("are in .results" if several else "are in .result")
+        else ("are in .results" if several else f"({len(kept) + len(kept.missing)}) are in .result")
     )
     raise IncompleteResultError(
         f"{_what(outcomes)}: {len(reasons)} of {len(outcomes[0].ids)} segment(s) could not "
         f"be fetched ({chunks} chunk(s) failed; first: {errors[0]}). The others {where}, "
         "the failed ones in .failures",
-        result=results[failing[0].prop],
+        result=kept,
         failures=reasons,
         errors=tuple(errors),
         results=results if several else None,
     ) from errors[0]
+
+
+def _all_reasons(
+    outcomes: Sequence[Outcome], *, several: bool
+) -> tuple[dict[int, str], list[BrainCircuitsError]]:
+    """Every failed segment's reasons across ``outcomes``, each named by its property
+    when there are ``several``, and the distinct errors."""
+    reasons: dict[int, str] = {}
+    errors: list[BrainCircuitsError] = []
+    for outcome in outcomes:
+        own, own_errors = failure_reasons(outcome.failures, outcome.ids)
+        for segment, reason in own.items():
+            text = f"{outcome.prop}: {reason}" if several else reason
+            reasons[segment] = f"{reasons[segment]}; {text}" if segment in reasons else text
+        errors.extend(e for e in own_errors if e not in errors)
+    return reasons, errors
 
 
 def _what(outcomes: Sequence[Outcome]) -> str:
@@ -259,9 +269,7 @@ def inconsistent_error(
         or max((a.timestamp for a in o.answers), default=newest) != newest
     )
     results = {o.prop: merge_answers(o.answers, o.prop, o.project) for o in outcomes}
-    reasons: dict[int, str] = {}
-    for outcome in outcomes:
-        reasons.update(failure_reasons(outcome.failures, outcome.ids)[0])
+    reasons, _ = _all_reasons(outcomes, several=len(outcomes) > 1)
     return InconsistentMaterializationError(
         f"{_what(outcomes)}: {why}: timestamps {list(timestamps)}. The dataset was "
         f"re-materialized during the fetch; {advice}",

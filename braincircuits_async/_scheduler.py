@@ -236,8 +236,9 @@ class Call:
             self._failed_for_good(start, end, error)
             return
         self.stats.segments += end - start
-        if self._stop is not None:
-            return  # strict mode: `_judge` stopped the call at this very answer
+        if self._stop is not None:  # strict mode: `_judge` stopped the call at this answer
+            self._report(end - start)
+            return
         if self.sink is None:
             self.answers[start] = answer
         elif not await self._deliver(answer):
@@ -342,6 +343,7 @@ class Call:
         """After the retries: split the chunk, queue it again whole, or record it as failed."""
         if is_fatal(error):
             self._abort(error)  # `_judge` did so already; an error raised before any answer
+            self._report(end - start)
             return
         decision = split_decision(
             error,
