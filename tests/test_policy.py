@@ -531,3 +531,23 @@ def test_a_body_echoing_a_token_is_blanked_in_the_message_and_the_body(
         assert secret not in str(error)
         assert secret not in error.body
         assert secret[-6:] not in str(error) + error.body
+
+
+def test_a_disagreement_across_properties_names_each_failure_by_its_property() -> None:
+    down, slow = bca.APIConnectionError("down"), bca.APITimeoutError("slow")
+    outcomes = [
+        outcome("a", [answer(0, 5, REF)], {5: (10, down)}),
+        outcome("b", [answer(0, 5, NEW)], {5: (10, slow)}),
+    ]
+    with pytest.raises(bca.InconsistentMaterializationError) as caught:
+        settle(outcomes, consistency="refetch", max_refetch_rounds=3)
+    failures = caught.value.failures
+    assert set(failures) == set(IDS[5:10])
+    assert failures[IDS[5]] == "a: down; b: slow"
+
+
+def test_one_incomplete_property_says_how_many_are_in_the_result() -> None:
+    failed = bca.APIConnectionError("down")
+    kept = [answer(0, 5, REF, missing={101})]
+    with pytest.raises(bca.IncompleteResultError, match=r"The others \(5\) are in \.result"):
+        settle([outcome("a", kept, {5: (10, failed)})], consistency="refetch", max_refetch_rounds=3)
