@@ -53,7 +53,7 @@ from ._exceptions import ClientClosedError
 from ._merge import newest_timestamp
 from ._models import SegmentPropertyResult
 from ._policy import settle, stale_slices
-from ._progress import CombinedProgress, ProgressArg, close_reporter, make_reporter
+from ._progress import CombinedProgress, ProgressArg, Reporter, close_reporter, make_reporter
 from ._scheduler import Call, Reference, Sink, StrictStop, run_all
 from ._stats import ClientStats
 from ._stream import PropertyStream
@@ -441,7 +441,7 @@ class AsyncClient:
         ids: list[int],
         reference: Reference,
         *,
-        reporter: Any = None,
+        reporter: Reporter | None = None,
         sink: Sink | None = None,
     ) -> Call:
         return Call(

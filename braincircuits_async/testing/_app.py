@@ -139,7 +139,8 @@ class FakeBrainCircuits:
             CPU time stays out of the client's measurements.
 
     Raises:
-        ValueError: an argument is out of range; the message names it.
+        InvalidArgumentError: an argument is out of range (also a ``ValueError``);
+            the message names it.
     """
 
     def __init__(

@@ -1,9 +1,9 @@
 """Checks of the fake's arguments: each names the argument and the accepted range.
 
-They raise `ValueError` for a wrong type as for a wrong value, as
-`FakeBrainCircuits` documents. That is why they are not `_config._check_int` and
-`_config._check_seconds`, which raise `TypeError` for a wrong type and word their
-messages for the client's settings (seconds, "at least").
+They raise `InvalidArgumentError` (a `ValueError`, as `FakeBrainCircuits`
+documents) with the fake's own wording, which its tests assert; `_config.check_int`
+and `_config.check_seconds` raise the same class but word their messages for the
+client's settings (seconds, "at least"), so the two are kept apart.
 """
 
 from __future__ import annotations
