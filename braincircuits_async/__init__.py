@@ -26,11 +26,13 @@ from ._exceptions import (
     MalformedResponseError,
     MissingDependencyError,
     RateLimitError,
+    StoreError,
     UsageError,
 )
 from ._models import SegmentPropertyResult
 from ._progress import Progress
 from ._stats import ClientStats
+from ._store import ResultStore
 from ._stream import PropertyStream
 from ._sync import fetch_property
 from ._version import __version__
@@ -56,8 +58,10 @@ __all__ = [
     "Progress",
     "PropertyStream",
     "RateLimitError",
+    "ResultStore",
     "RetryPolicy",
     "SegmentPropertyResult",
+    "StoreError",
     "UsageError",
     "__version__",
     "fetch_property",

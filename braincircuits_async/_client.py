@@ -4,12 +4,16 @@ Every fetch reads top to bottom in this module, and every fetch method runs
 through one orchestration, :meth:`AsyncClient._fetch`:
 
 1. validate the names and ids before any request (``_chunking``);
-2. one :class:`~braincircuits_async._scheduler.Call` per property, sending its
+2. with a store, look up what it holds (``_store``, in a worker thread) and plan
+   to fetch only the rest (``_resume``);
+3. one :class:`~braincircuits_async._scheduler.Call` per property, sending its
    chunks through the client's :class:`~braincircuits_async._wire.Wire` (the gate,
-   the pools, the request, the answer) with retry (``_retry``);
-3. the first pass, then rounds of re-fetching chunks older than the newest
-   materialization across all calls, under the call's deadline;
-4. settle (``_policy.settle``): merge, or the one error that says why not.
+   the pools, the request, the answer) with retry (``_retry``), each answer
+   committed to the store as it arrives;
+4. the first pass, then rounds of re-fetching chunks (fetched or stored) older
+   than the newest materialization across all calls, under the call's deadline;
+5. settle (``_policy.settle``): merge, or the one error that says why not, which
+   carries what was fetched either way.
 
 ``fetch_property`` is that with one call, ``fetch_properties`` with several,
 ``iter_property`` with one whose answers go to a stream (``_stream``).
@@ -20,6 +24,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
@@ -27,7 +32,7 @@ from typing import Any
 import anyio
 import httpx
 
-from ._chunking import chunk_slices, normalize_segments, validate_project, validate_properties
+from ._chunking import normalize_segments, validate_project, validate_properties
 from ._config import (
     DEFAULT_BACKOFF_BASE,
     DEFAULT_BACKOFF_MAX,
@@ -49,13 +54,15 @@ from ._config import (
     resolve_cave_token,
     resolve_token,
 )
-from ._exceptions import ClientClosedError
+from ._exceptions import BrainCircuitsError, ClientClosedError
 from ._merge import newest_timestamp
 from ._models import SegmentPropertyResult
-from ._policy import settle, stale_slices
+from ._policy import settle, stale_slices, with_partial
 from ._progress import CombinedProgress, ProgressArg, Reporter, close_reporter, make_reporter
+from ._resume import Plan, plan_call
 from ._scheduler import Call, Reference, Sink, StrictStop, run_all
 from ._stats import ClientStats
+from ._store import ResultStore, open_store
 from ._stream import PropertyStream
 from ._transport import Credentials, check_base_url
 from ._wire import Target, Wire
@@ -114,6 +121,10 @@ class AsyncClient:
             256 MiB); a larger one fails its chunk instead of exhausting memory.
         deadline: default total time limit, in seconds, for each call (see
             :meth:`fetch_property`); None for no limit.
+        store: a :class:`ResultStore`, or the path of one (opened here, closed with
+            the client): every chunk's answer is committed to it as it arrives, and
+            a fetch asks the server only for what it does not hold yet (see
+            ``docs/store.md``). Default: no store.
     """
 
     def __init__(
@@ -138,6 +149,7 @@ class AsyncClient:
         max_requests_per_second: float | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         deadline: float | None = None,
+        store: ResultStore | str | os.PathLike[str] | None = None,
     ) -> None:
         url = resolve_base_url(base_url)
         check_base_url(url, custom_transport=transport is not None)
@@ -173,6 +185,13 @@ class AsyncClient:
         self._http = self._wire.pools
         # Hosts the producers of iter_property streams: they must outlive a `break`.
         self._tasks: anyio.abc.TaskGroup | None = None
+        # Opened last: nothing above can fail and leave it open.
+        self._store, self._owns_store = open_store(store)
+
+    @property
+    def store(self) -> ResultStore | None:
+        """The client's :class:`ResultStore`, or ``None``."""
+        return self._store
 
     @property
     def config(self) -> ClientConfig:
@@ -186,7 +205,9 @@ class AsyncClient:
             f"<AsyncClient base_url={c.base_url!r} project={c.project!r} "
             f"chunk_size={c.chunk_size} max_concurrency={c.max_concurrency} "
             f"consistency={c.consistency!r} token=<{token}> "
-            f"cave_token=<{cave}>>"
+            f"cave_token=<{cave}>"
+            + ("" if self._store is None else f" store={str(self._store.path)!r}")
+            + ">"
         )
 
     async def __aenter__(self) -> AsyncClient:
@@ -214,7 +235,11 @@ class AsyncClient:
                 tasks.cancel_scope.cancel()
                 await tasks.__aexit__(None, None, None)
         finally:
-            await self._http.aclose()
+            try:
+                await self._http.aclose()
+            finally:
+                if self._owns_store and self._store is not None:
+                    self._store.close()
 
     async def fetch_property(
         self,
@@ -311,7 +336,7 @@ class AsyncClient:
             calls = [
                 self._call(
                     target,
-                    ids,
+                    await self._plan(target, ids),
                     reference,
                     reporter=combined.reporter_for(i) if combined else reporter,
                 )
@@ -374,9 +399,10 @@ class AsyncClient:
             return stream
         target = self._wire.target(prop, proj)  # a missing token fails before any bar
         reporter = make_reporter(progress, len(ids), prop)
-        call = self._call(target, ids, Reference(), reporter=reporter, sink=producer.put)
 
         async def run() -> None:
+            plan = await self._plan(target, ids)
+            call = self._call(target, plan, Reference(), reporter=reporter, sink=producer.put)
             await self._fetch([call], limit, streaming=True)
 
         self._tasks.start_soon(producer.run, run, lambda: close_reporter(reporter))
@@ -397,16 +423,22 @@ class AsyncClient:
         config = self._config
         with anyio.move_on_after(math.inf if deadline is None else deadline) as scope:
             try:
-                await run_all(
-                    [
-                        functools.partial(c.fetch, chunk_slices(len(c.ids), config.chunk_size))
-                        for c in calls
-                    ]
-                )
-                if config.consistency == "refetch":
+                await run_all([functools.partial(c.fetch, c.first_pass) for c in calls])
+                if streaming:
+                    await self._deliver_stored(calls)
+                elif config.consistency == "refetch":
                     await self._refetch_rounds(calls)
             except StrictStop:
                 pass  # settling raises InconsistentMaterializationError, with everything
+            except BrainCircuitsError as error:
+                # A fatal answer (401, 404, ...) or a store that cannot be written:
+                # still fail fast, but with everything fetched so far.
+                raise with_partial(
+                    error,
+                    [c.outcome() for c in calls],
+                    consistency=config.consistency,
+                    streaming=streaming,
+                ) from None
         if scope.cancelled_caught:
             for call in calls:
                 call.deadline_passed(deadline or 0.0)
@@ -416,6 +448,13 @@ class AsyncClient:
             max_refetch_rounds=config.max_refetch_rounds,
             streaming=streaming,
         )
+
+    async def _deliver_stored(self, calls: Sequence[Call]) -> None:
+        """Streams: hand on what the store held, then fetch again what is stale."""
+        for call in calls:
+            again = await call.deliver_stored()
+            if again:
+                await call.refetch(again)
 
     async def _refetch_rounds(self, calls: Sequence[Call]) -> None:
         """Re-fetch chunks not from the newest materialization across ``calls``."""
@@ -435,24 +474,47 @@ class AsyncClient:
                 self.stats.refetches += len(slices)
             await run_all([functools.partial(c.refetch, s) for c, s in stale])
 
+    async def _plan(self, target: Target, ids: list[int]) -> Plan:
+        """What to fetch: every chunk, or with a store only what it does not hold."""
+        store = self._store
+        chunk_size = self._config.chunk_size
+        if store is None:
+            return plan_call(ids, None, chunk_size)
+
+        def look_up() -> Plan:  # large work: in a worker thread, off the event loop
+            return plan_call(ids, store.lookup(target.prop, target.project, ids), chunk_size)
+
+        plan = await anyio.to_thread.run_sync(look_up)
+        held = sum(a.end - a.start for a in plan.stored)
+        logger.info("%s: the store holds %d of %d segment(s)", target.prop, held, len(ids))
+        return plan
+
     def _call(
         self,
         target: Target,
-        ids: list[int],
+        plan: Plan,
         reference: Reference,
         *,
         reporter: Reporter | None = None,
         sink: Sink | None = None,
     ) -> Call:
+        store = self._store
+        record = None
+        if store is not None:
+            # One writer at a time: a thread per chunk would only queue on SQLite's lock.
+            record = functools.partial(
+                store.commit, target.prop, target.project, limiter=anyio.CapacityLimiter(1)
+            )
         return Call(
             self._wire,
             target,
-            ids,
+            plan,
             self._config,
             self.stats,
             reference=reference,
             reporter=reporter,
             sink=sink,
+            record=record,
         )
 
     # --- before any request -----------------------------------------------------------

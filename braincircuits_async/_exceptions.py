@@ -16,6 +16,7 @@ Every error the client raises on purpose derives from :class:`BrainCircuitsError
     │   ├── APIConnectionError       (no answer: connection refused, dropped, ...)
     │   │   └── APITimeoutError      (no answer within `timeout`)
     │   └── MalformedResponseError   (an answer that is not the documented shape)
+    ├── StoreError                   (the result store could not be opened, read or written)
     ├── InconsistentMaterializationError  (.timestamps, .result)
     ├── IncompleteResultError        (.result of the chunks that succeeded, .failures)
     └── DeadlineExceededError        (also TimeoutError: a call's deadline passed; the
@@ -31,6 +32,7 @@ argument or environment variable instead.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -52,8 +54,11 @@ __all__ = [
     "MalformedResponseError",
     "MissingDependencyError",
     "RateLimitError",
+    "StoreError",
     "UsageError",
 ]
+
+_NO_RESULTS: Mapping[str, SegmentPropertyResult] = MappingProxyType({})
 
 #: How much of an error body an exception keeps (characters).
 BODY_EXCERPT_CHARS = 300
@@ -66,7 +71,21 @@ def excerpt(text: str, limit: int = BODY_EXCERPT_CHARS) -> str:
 
 
 class BrainCircuitsError(Exception):
-    """Base class of every error raised by braincircuits-async."""
+    """Base class of every error raised by braincircuits-async.
+
+    Whatever a fetch raises after some chunks succeeded carries them, so nothing
+    fetched is lost: ``result`` is what was fetched of the (first) property, and
+    ``results`` every property's, as :class:`IncompleteResultError` always had. An
+    error raised before any request (a bad argument) has ``result`` ``None`` and
+    empty ``results``. The partial result never mixes materializations: with
+    ``consistency`` other than ``"ignore"``, it keeps only the chunks of the newest
+    one (a :class:`ResultStore` keeps the others too).
+    """
+
+    #: What the fetch got before this error (``None`` if it was raised before one).
+    result: SegmentPropertyResult | None = None
+    #: ``{property: result}`` of what the fetch got before this error.
+    results: Mapping[str, SegmentPropertyResult] = _NO_RESULTS
 
 
 class InvalidArgumentError(BrainCircuitsError, ValueError, TypeError):
@@ -99,6 +118,16 @@ class UsageError(BrainCircuitsError, RuntimeError):
 class ClientClosedError(UsageError):
     """The client was closed (it cannot be reopened: create a new one), or a stream
     needs an open client."""
+
+
+class StoreError(BrainCircuitsError):
+    """A :class:`ResultStore` could not be opened, read or written.
+
+    The message names the file and what went wrong: a folder that does not exist,
+    a file that is not a store (left untouched), a read-only location, a disk that
+    is full. Raised while fetching, it stops the call like a refused token, and
+    carries what was fetched in ``.result`` / ``.results``.
+    """
 
 
 class MissingDependencyError(BrainCircuitsError, ImportError):
@@ -179,6 +208,8 @@ class InconsistentMaterializationError(BrainCircuitsError):
     are those of the first property whose chunks disagree.
     """
 
+    result: SegmentPropertyResult
+
     def __init__(
         self,
         message: str,
@@ -219,6 +250,8 @@ class IncompleteResultError(BrainCircuitsError):
     ``result`` that of the first property that failed; reasons then start with
     the property's name.
     """
+
+    result: SegmentPropertyResult
 
     def __init__(
         self,

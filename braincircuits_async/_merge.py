@@ -186,11 +186,19 @@ def chunk_result(answer: ChunkAnswer, prop: str, project: str) -> SegmentPropert
     )
 
 
-def merge_answers(answers: Iterable[ChunkAnswer], prop: str, project: str) -> SegmentPropertyResult:
+def merge_answers(
+    answers: Iterable[ChunkAnswer],
+    prop: str,
+    project: str,
+    *,
+    order: Sequence[int] | None = None,
+) -> SegmentPropertyResult:
     """Chunk answers merged in request order (by their start in the id list).
 
-    The result reports the newest materialization among them; whether they may
-    be merged at all is :func:`~braincircuits_async._policy.settle`'s decision.
+    ``order`` is the request order when the answers' id list is in another one
+    (a store's plan puts the ids to fetch first). The result reports the newest
+    materialization among them; whether they may be merged at all is
+    :func:`~braincircuits_async._policy.settle`'s decision.
     """
     ordered = sorted(answers, key=lambda answer: answer.start)
     data: dict[int, dict[str, Any]] = {}
@@ -198,6 +206,10 @@ def merge_answers(answers: Iterable[ChunkAnswer], prop: str, project: str) -> Se
     for answer in ordered:
         data.update(answer.items())
         missing.extend(answer.missing)
+    if order is not None:
+        unknown = set(missing)
+        missing = [s for s in order if s in unknown]
+        data = {s: data[s] for s in order if s in data}
     return SegmentPropertyResult(
         data,
         property=prop,

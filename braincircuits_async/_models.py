@@ -33,9 +33,18 @@ class SegmentPropertyResult(Mapping[int, dict[str, Any]]):
             ``consistency="ignore"`` values may also come from older ones; this is
             then the newest, and a warning was logged.)
         missing: requested ids the server did not return, in request order.
+        not_stored: from :meth:`ResultStore.read` only, the requested ids the store
+            holds nothing for in that materialization (empty from a fetch).
     """
 
-    __slots__ = ("_data", "materialized_timestamp", "missing", "project", "property")
+    __slots__ = (
+        "_data",
+        "materialized_timestamp",
+        "missing",
+        "not_stored",
+        "project",
+        "property",
+    )
 
     def __init__(
         self,
@@ -45,8 +54,10 @@ class SegmentPropertyResult(Mapping[int, dict[str, Any]]):
         project: str,
         materialized_timestamp: int | None,
         missing: tuple[int, ...] = (),
+        not_stored: tuple[int, ...] = (),
     ) -> None:
         self._data = data
+        self.not_stored = not_stored
         self.property = property
         self.project = project
         self.materialized_timestamp = materialized_timestamp
@@ -72,6 +83,7 @@ class SegmentPropertyResult(Mapping[int, dict[str, Any]]):
                 and self.project == other.project
                 and self.materialized_timestamp == other.materialized_timestamp
                 and self.missing == other.missing
+                and self.not_stored == other.not_stored
             )
         return super().__eq__(other)
 
@@ -115,5 +127,6 @@ class SegmentPropertyResult(Mapping[int, dict[str, Any]]):
         return (
             f"<SegmentPropertyResult property={self.property!r} project={self.project!r} "
             f"segments={len(self._data)} missing={len(self.missing)} "
-            f"materialized_timestamp={self.materialized_timestamp}>"
+            + (f"not_stored={len(self.not_stored)} " if self.not_stored else "")
+            + f"materialized_timestamp={self.materialized_timestamp}>"
         )

@@ -42,6 +42,7 @@ __all__ = [
     "stale_slices",
     "stream_disagreement",
     "uncovered",
+    "with_partial",
 ]
 
 logger = logging.getLogger("braincircuits_async")
@@ -151,6 +152,14 @@ class Outcome:
     failures: Mapping[int, tuple[int, BrainCircuitsError]] = field(default_factory=dict)
     #: Chunks handed on to a stream's reader (not kept in ``answers``).
     delivered: int = 0
+    #: The request order, when ``ids`` is in another one (a store's plan).
+    order: Sequence[int] | None = None
+
+    def merged(self, answers: Iterable[ChunkAnswer] | None = None) -> SegmentPropertyResult:
+        """``answers`` (default: all) merged into one result, in request order."""
+        return merge_answers(
+            self.answers if answers is None else answers, self.prop, self.project, order=self.order
+        )
 
 
 def failure_reasons(
@@ -194,7 +203,7 @@ def settle(
             _what(outcomes),
             timestamps,
         )
-    results = {o.prop: merge_answers(o.answers, o.prop, o.project) for o in outcomes}
+    results = {o.prop: o.merged() for o in outcomes}
     failing = [o for o in outcomes if o.failures]
     if not failing:
         return results
@@ -202,7 +211,7 @@ def settle(
     reasons, errors = _all_reasons(failing, several=several)
     fetched = any(o.answers or o.delivered for o in outcomes)
     if not fetched and not isinstance(errors[0], DeadlineExceededError):
-        raise errors[0]
+        raise with_partial(errors[0], outcomes, consistency=consistency, streaming=streaming)
     chunks = sum(len(o.failures) for o in failing)
     kept = results[failing[0].prop]
     where = (
@@ -219,6 +228,35 @@ def settle(
         errors=tuple(errors),
         results=results if several else None,
     ) from errors[0]
+
+
+def with_partial(
+    error: BrainCircuitsError,
+    outcomes: Sequence[Outcome],
+    *,
+    consistency: Consistency,
+    streaming: bool = False,
+) -> BrainCircuitsError:
+    """``error``, carrying what the calls fetched before it as ``.result`` and ``.results``.
+
+    Outside ``consistency="ignore"`` only the chunks of the newest materialization
+    are kept, so a partial result never mixes two. A stream keeps nothing: its
+    chunks were handed on already.
+    """
+    if streaming:
+        return error
+    newest = max((a.timestamp for o in outcomes for a in o.answers), default=None)
+    results = {
+        o.prop: o.merged(
+            o.answers
+            if consistency == "ignore"
+            else [a for a in o.answers if a.timestamp == newest]
+        )
+        for o in outcomes
+    }
+    error.results = results
+    error.result = results[outcomes[0].prop]
+    return error
 
 
 def _all_reasons(
@@ -268,7 +306,7 @@ def inconsistent_error(
         if len({a.timestamp for a in o.answers}) > 1
         or max((a.timestamp for a in o.answers), default=newest) != newest
     )
-    results = {o.prop: merge_answers(o.answers, o.prop, o.project) for o in outcomes}
+    results = {o.prop: o.merged() for o in outcomes}
     reasons, _ = _all_reasons(outcomes, several=len(outcomes) > 1)
     return InconsistentMaterializationError(
         f"{_what(outcomes)}: {why}: timestamps {list(timestamps)}. The dataset was "

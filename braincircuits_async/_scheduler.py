@@ -35,16 +35,19 @@ from ._policy import (
     uncovered,
 )
 from ._progress import Progress, Reporter
+from ._resume import Plan
 from ._retry import call_with_retry, is_fatal
 from ._stats import ClientStats
 from ._wire import Target, Wire
 
-__all__ = ["Call", "Reference", "Sink", "StrictStop", "run_all"]
+__all__ = ["Call", "Record", "Reference", "Sink", "StrictStop", "run_all"]
 
 logger = logging.getLogger("braincircuits_async")
 
 #: Where a stream's chunk results go instead of being kept.
 Sink = Callable[[SegmentPropertyResult], Awaitable[None]]
+#: Where every answer from the network is committed as it arrives (a result store).
+Record = Callable[[ChunkAnswer], Awaitable[None]]
 
 
 class StrictStop(Exception):
@@ -69,30 +72,45 @@ class Reference:
 
 
 class Call:
-    """The state of fetching one property for one list of ids."""
+    """The state of fetching one property for one list of ids.
+
+    A call's ids, first slices and stored answers come from its
+    :class:`~braincircuits_async._resume.Plan`: without a store, every chunk of
+    the ids; with one, the ids the store does not hold, and the held values as
+    answers of their own (kept, or in a stream handed on by
+    :meth:`deliver_stored`).
+    """
 
     def __init__(
         self,
         wire: Wire,
         target: Target,
-        ids: Sequence[int],
+        plan: Plan,
         config: ClientConfig,
         stats: ClientStats,
         *,
         reference: Reference,
         reporter: Reporter | None = None,
         sink: Sink | None = None,
+        record: Record | None = None,
     ) -> None:
         self.wire = wire
         self.target = target
-        self.ids = ids
+        self.ids: Sequence[int] = plan.ids
+        self.order = plan.order
+        #: The slices of the first pass (what the store does not hold).
+        self.first_pass = plan.slices
         self.config = config
         self.stats = stats
         self.reference = reference
         self.reporter = reporter
         self.sink = sink
+        self.record = record
+        self._stored = plan.stored if sink is not None else []
         #: start -> answer of each slice kept (not in a stream: those are handed on).
-        self.answers: dict[int, ChunkAnswer] = {}
+        self.answers: dict[int, ChunkAnswer] = (
+            {} if sink is not None else {a.start: a for a in plan.stored}
+        )
         #: start -> (end, error) of each slice that failed for good.
         self.failures: dict[int, tuple[int, BrainCircuitsError]] = {}
         self._delivered: list[tuple[int, int]] = []
@@ -101,6 +119,9 @@ class Call:
         # Progress: re-fetched segments were counted once already.
         self._refetching = False
         self._done = self._retries = self._failed = 0
+        # What the store held counts as done (a stream's once it is handed on).
+        if sink is None:
+            self._done = sum(a.end - a.start for a in plan.stored)
         # Timeouts split chunks only while that helps (see `_policy.split_decision`).
         self._split_on_timeout = True
         self._timeout_halves: set[int] = set()
@@ -141,6 +162,29 @@ class Call:
         if self._stop is not None:
             raise self._stop
 
+    async def deliver_stored(self) -> list[tuple[int, int]]:
+        """Streams: hand on the stored chunks, after the fetched ones set the reference.
+
+        Returns the slices to fetch again: stored chunks from an older
+        materialization, in ``"refetch"`` mode (see :func:`judge_timestamp`).
+        """
+        again: list[tuple[int, int]] = []
+        stored, self._stored = self._stored, []
+        for answer in stored:
+            if self.reference.timestamp is None:  # nothing fetched: the store's is the first
+                self.reference.timestamp = answer.timestamp
+            verdict, why = self._verdict(answer)
+            if verdict is Verdict.REFETCH:
+                self._refetched[answer.start] = self._refetched.get(answer.start, 0) + 1
+                self.stats.refetches += 1
+                again.append((answer.start, answer.end))
+            elif verdict is Verdict.STOP:
+                raise self._disagreement(answer, why)
+            else:
+                await self._hand_on(answer)
+                self._report(answer.end - answer.start)
+        return again
+
     def deadline_passed(self, seconds: float) -> None:
         """Record every slice not fetched in time as failed because of the deadline."""
         error = DeadlineExceededError(
@@ -161,6 +205,7 @@ class Call:
             list(self.answers.values()),
             dict(self.failures),
             len(self._delivered),
+            self.order,
         )
 
     # --- the workers -------------------------------------------------------------
@@ -235,6 +280,8 @@ class Call:
         except BrainCircuitsError as error:
             self._failed_for_good(start, end, error)
             return
+        if self.record is not None:
+            await self.record(answer)  # committed before anything else can go wrong
         self.stats.segments += end - start
         if self._stop is not None:  # strict mode: `_judge` stopped the call at this answer
             self._report(end - start)
@@ -286,6 +333,11 @@ class Call:
         if verdict is Verdict.STOP:
             self._abort(self._disagreement(answer, why))
             return True
+        await self._hand_on(answer)
+        return True
+
+    async def _hand_on(self, answer: ChunkAnswer) -> None:
+        """Streams: give one chunk to the reader (warning once about a mix, if kept)."""
         if answer.timestamp != self.reference.timestamp and not self._warned_mixed:
             self._warned_mixed = True
             logger.warning(
@@ -299,7 +351,6 @@ class Call:
         assert self.sink is not None
         await self.sink(chunk_result(answer, self.target.prop, self.target.project))
         self._delivered.append((answer.start, answer.end))
-        return True
 
     def _disagreement(self, answer: ChunkAnswer, why: str) -> BrainCircuitsError:
         return stream_disagreement(

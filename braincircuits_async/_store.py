@@ -1,0 +1,356 @@
+"""``ResultStore``: fetched segment properties kept in one SQLite file, per materialization.
+
+The store keeps, per project, property and ``materialized_timestamp``, each
+segment's value as the server sent it (compact JSON) and the ids the server said
+it does not know (a ``NULL`` value), so a re-run fetches neither again. Older
+materializations stay until :meth:`ResultStore.prune` drops them: the API cannot
+serve a past materialization again, so the store is the only way to reproduce
+yesterday's table.
+
+One SQLite file in WAL mode with a busy timeout: several processes (two
+notebooks, a CLI run) can read and write it at once, and every chunk is one
+transaction, so a process killed in the middle of a write leaves a store that
+opens and holds every chunk committed before. The client writes from a worker
+thread (:meth:`ResultStore.commit`), never in the event loop.
+
+Segment ids are unsigned 64-bit; SQLite integers are signed, so an id at or
+above ``2**63`` is kept as ``id - 2**64`` (two's complement) and turned back
+on reading.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from ._chunking import normalize_segments, validate_project, validate_properties
+from ._exceptions import InvalidArgumentError, StoreError
+from ._merge import ChunkAnswer
+from ._models import SegmentPropertyResult
+from ._resume import Held
+from ._sqlite import SIGNED, connect, decode_all, encode_value, from_sql, to_sql, transaction
+
+__all__ = ["ResultStore", "open_store"]
+
+
+class ResultStore:
+    """Fetched segment properties, kept in one SQLite file, per materialization.
+
+    Give it to a client and every chunk's answer is committed as it arrives; a
+    re-run fetches only what the store does not hold yet::
+
+        store = bca.ResultStore("flywire.sqlite")
+        async with bca.AsyncClient(project="fruitfly_fafb_flywire", store=store) as client:
+            result = await client.fetch_property("link_pre", segment_ids)
+
+    Read it offline, with no network::
+
+        result = store.read("link_pre", segment_ids, project="fruitfly_fafb_flywire")
+        result.not_stored      # the ids the store does not hold
+
+    Several processes may open one store at once. The file is created when it does
+    not exist; a file that is not a store raises :class:`StoreError` and is left
+    untouched. Use it as a context manager, or call :meth:`close`.
+
+    Args:
+        path: the SQLite file, e.g. ``"flywire.sqlite"``.
+        timeout: seconds to wait for another process's write before giving up.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 30.0) -> None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise InvalidArgumentError(
+                f"store must be a path or a ResultStore, got {type(path).__name__}"
+            )
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = connect(self.path, timeout)
+
+    def __repr__(self) -> str:
+        state = " closed" if self._db is None else ""
+        return f"<ResultStore {str(self.path)!r}{state}>"
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the file; the store cannot be used afterwards."""
+        with self._lock:
+            db, self._db = self._db, None
+            if db is not None:
+                db.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._db is None
+
+    # --- reading, offline ---------------------------------------------------------
+
+    def read(
+        self,
+        property: str,
+        segments: Iterable[Any] | None = None,
+        *,
+        project: str,
+        materialized_timestamp: int | None = None,
+    ) -> SegmentPropertyResult:
+        """What the store holds for ``segments``, from one materialization; no network.
+
+        Args:
+            property: e.g. ``"link_pre"``.
+            segments: the ids (as for ``fetch_property``); ``None`` for every id the
+                store holds for that materialization.
+            project: e.g. ``"fruitfly_fafb_flywire"``.
+            materialized_timestamp: the materialization to read; default: the newest
+                one the store holds any of ``segments`` for.
+
+        Returns:
+            A :class:`SegmentPropertyResult` in request order: ``missing`` are the ids
+            the server said it does not know, ``not_stored`` the ids the store does not
+            hold for that materialization (neither value nor "unknown"). With nothing
+            held at all, ``materialized_timestamp`` is ``None`` and every id is in
+            ``not_stored``.
+        """
+        (prop,) = validate_properties([property])
+        proj = validate_project(project)
+        ids = None if segments is None else normalize_segments(segments)
+        if materialized_timestamp is not None and (
+            isinstance(materialized_timestamp, bool) or not isinstance(materialized_timestamp, int)
+        ):
+            raise InvalidArgumentError(
+                f"materialized_timestamp must be an int or None, got {materialized_timestamp!r}"
+            )
+        with self._lock:
+            db = self._open()
+            mats = self._held_materializations(db, prop, proj)
+            if materialized_timestamp is None:
+                chosen = next(
+                    (ts for ts, mat in mats if ids is None or self._holds_any(db, mat, ids)), None
+                )
+            else:
+                chosen = materialized_timestamp if materialized_timestamp in dict(mats) else None
+            rows: list[tuple[int, bytes | None]] = []
+            if chosen is not None:
+                rows = self._rows(db, dict(mats)[chosen], ids)
+        values = decode_all([blob for _, blob in rows])
+        found = dict(zip((from_sql(s) for s, _ in rows), values, strict=True))
+        order = sorted(found) if ids is None else ids
+        data: dict[int, dict[str, Any]] = {}
+        missing: list[int] = []
+        not_stored: list[int] = []
+        for segment in order:
+            if segment not in found:
+                not_stored.append(segment)
+            elif (value := found[segment]) is None:
+                missing.append(segment)
+            else:
+                data[segment] = value
+        return SegmentPropertyResult(
+            data,
+            property=prop,
+            project=proj,
+            materialized_timestamp=chosen,
+            missing=tuple(missing),
+            not_stored=tuple(not_stored),
+        )
+
+    def materializations(self, property: str, *, project: str) -> dict[int, int]:
+        """``{materialized_timestamp: segments held}`` for one property, newest first.
+
+        The count includes the ids the server said it does not know.
+        """
+        (prop,) = validate_properties([property])
+        proj = validate_project(project)
+        with self._lock:
+            db = self._open()
+            return {
+                ts: db.execute(
+                    "SELECT COUNT(*) FROM segment_values WHERE materialization = ?", (mat,)
+                ).fetchone()[0]
+                for ts, mat in self._held_materializations(db, prop, proj)
+            }
+
+    def prune(
+        self,
+        *,
+        keep: int = 1,
+        property: str | None = None,
+        project: str | None = None,
+        before: int | None = None,
+    ) -> int:
+        """Drop old materializations; returns how many segment values were dropped.
+
+        For each (project, property), the newest ``keep`` materializations stay
+        (``keep=0`` drops them all); ``before`` drops only materializations older
+        than that timestamp, whatever ``keep`` says. ``property`` and ``project``
+        narrow it to one property or project. The file's freed pages are reused by
+        later writes (SQLite does not shrink the file).
+        """
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+            raise InvalidArgumentError(f"keep must be an int >= 0, got {keep!r}")
+        prop = None if property is None else validate_properties([property])[0]
+        proj = None if project is None else validate_project(project)
+        with self._lock:
+            db = self._open()
+            groups = db.execute(
+                "SELECT id, project, property, materialized_timestamp FROM materializations "
+                "ORDER BY project, property, materialized_timestamp DESC"
+            ).fetchall()
+            seen: dict[tuple[str, str], int] = {}
+            drop: list[int] = []
+            for mat, p, name, ts in groups:
+                if (proj is not None and p != proj) or (prop is not None and name != prop):
+                    continue
+                rank = seen[(p, name)] = seen.get((p, name), 0) + 1
+                if (before is not None and ts < before) or (before is None and rank > keep):
+                    drop.append(mat)
+            dropped = 0
+            with transaction(db, self.path):
+                for mat in drop:
+                    cursor = db.execute(
+                        "DELETE FROM segment_values WHERE materialization = ?", (mat,)
+                    )
+                    dropped += cursor.rowcount
+                    db.execute("DELETE FROM materializations WHERE id = ?", (mat,))
+            return dropped
+
+    # --- what the client uses ----------------------------------------------------
+
+    def lookup(self, prop: str, project: str, ids: Sequence[int]) -> list[Held | None]:
+        """For each of ``ids``, the newest value the store holds, or ``None``: blocking."""
+        with self._lock:
+            db = self._open()
+            newest: dict[int, tuple[int, bytes | None]] = {}
+            for ts, mat in reversed(self._held_materializations(db, prop, project)):
+                for segment, blob in self._rows(db, mat, ids):
+                    newest[segment] = (ts, blob)  # oldest first: newer ones overwrite
+        if not newest or not ids:
+            return [None] * len(ids)
+        keys = [to_sql(s) for s in ids] if max(ids) >= SIGNED else ids
+        held = [newest.get(key) for key in keys]
+        values = iter(decode_all([h[1] for h in held if h is not None]))
+        return [None if h is None else (h[0], next(values)) for h in held]
+
+    async def commit(
+        self, prop: str, project: str, answer: ChunkAnswer, *, limiter: anyio.CapacityLimiter
+    ) -> None:
+        """Commit one chunk's answer in a worker thread, as one transaction.
+
+        Shielded from cancellation: an answer that arrived is written even when
+        the call is being stopped (a deadline, a fatal error, an interrupt).
+        """
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(
+                self.write,
+                prop,
+                project,
+                answer.timestamp,
+                answer.ids,
+                answer.values,
+                limiter=limiter,
+            )
+
+    def write(
+        self,
+        prop: str,
+        project: str,
+        timestamp: int,
+        ids: Sequence[int],
+        values: Sequence[dict[str, Any] | None],
+    ) -> None:
+        """Store one chunk (``values[i]`` of ``ids[i]``, ``None``: unknown): blocking."""
+        rows = [(to_sql(s), encode_value(v)) for s, v in zip(ids, values, strict=True)]
+        with self._lock:
+            db = self._open()
+            with transaction(db, self.path):
+                mat = self._materialization_id(db, prop, project, timestamp)
+                db.executemany(
+                    "INSERT OR REPLACE INTO segment_values (materialization, segment_id, value) "
+                    f"VALUES ({mat}, ?, ?)",
+                    rows,
+                )
+
+    # --- inside ---------------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError(f"the result store {str(self.path)!r} is closed")
+        return self._db
+
+    def _held_materializations(
+        self, db: sqlite3.Connection, prop: str, project: str
+    ) -> list[tuple[int, int]]:
+        """``(timestamp, id)`` of the materializations held, newest first."""
+        return db.execute(
+            "SELECT materialized_timestamp, id FROM materializations "
+            "WHERE project = ? AND property = ? ORDER BY materialized_timestamp DESC",
+            (project, prop),
+        ).fetchall()
+
+    def _holds_any(self, db: sqlite3.Connection, mat: int, ids: Sequence[int]) -> bool:
+        return bool(self._rows(db, mat, ids, limit=1))
+
+    def _rows(
+        self,
+        db: sqlite3.Connection,
+        mat: int,
+        ids: Sequence[int] | None,
+        *,
+        limit: int = -1,
+    ) -> list[tuple[int, bytes | None]]:
+        if ids is None:
+            rows = db.execute(
+                "SELECT segment_id, value FROM segment_values WHERE materialization = ? LIMIT ?",
+                (mat, limit),
+            ).fetchall()
+        else:
+            wanted = json.dumps([to_sql(s) for s in ids])
+            rows = db.execute(
+                "SELECT segment_id, value FROM segment_values WHERE materialization = ? "
+                "AND segment_id IN (SELECT value FROM json_each(?)) LIMIT ?",
+                (mat, wanted, limit),
+            ).fetchall()
+        return rows
+
+    def _materialization_id(
+        self, db: sqlite3.Connection, prop: str, project: str, timestamp: int
+    ) -> int:
+        # Looked up in every write, not cached: another process may prune it meanwhile.
+        key = (project, prop, timestamp)
+        db.execute(
+            "INSERT OR IGNORE INTO materializations (project, property, materialized_timestamp) "
+            "VALUES (?, ?, ?)",
+            key,
+        )
+        (mat,) = db.execute(
+            "SELECT id FROM materializations WHERE project = ? AND property = ? "
+            "AND materialized_timestamp = ?",
+            key,
+        ).fetchone()
+        return int(mat)
+
+
+def open_store(
+    store: ResultStore | str | os.PathLike[str] | None,
+) -> tuple[ResultStore | None, bool]:
+    """The store for ``store=``, and whether the caller owns it (opened it from a path)."""
+    if store is None or isinstance(store, ResultStore):
+        return store, False
+    return ResultStore(store), True
