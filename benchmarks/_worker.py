@@ -2,7 +2,9 @@
 
 Each contender fetches the same ids from the same fake server and merges the
 answers into one mapping held in memory; the worker prints one JSON line with
-the wall time, requests sent, segments returned and memory figures. A fresh
+the wall time, requests sent, segments returned and memory figures. The result
+store's contenders fetch into a store file (``client-store``, which also reports
+the file's size) or read one offline (``store-read``). A fresh
 process per measurement keeps one contender's garbage out of the next one's
 memory figures.
 """
@@ -16,6 +18,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -167,12 +170,49 @@ async def client_stream(spec: dict[str, Any], ids: list[int]) -> tuple[Any, int]
         return {"count": seen}, c.stats.requests
 
 
+def file_sizes(path: Path) -> dict[str, int]:
+    """Bytes of a store's file and of its write-ahead log (0 when there is none)."""
+    wal = path.with_name(path.name + "-wal")
+    return {
+        "file": path.stat().st_size if path.exists() else 0,
+        "wal": wal.stat().st_size if wal.exists() else 0,
+    }
+
+
+async def client_store(spec: dict[str, Any], ids: list[int]) -> tuple[Any, int, dict[str, Any]]:
+    """fetch_property with a result store; the file's size before and after closing.
+
+    The store is opened here rather than given as a path so its size can be read
+    while it is still open (the write-ahead log not yet checkpointed) and again
+    once closing it folded the log into the file. Both lie inside the timing, as
+    they would for ``store=PATH``.
+    """
+    path = Path(spec["store"])
+    store = bca.ResultStore(path)
+    async with bca.AsyncClient(store=store, **client_settings(spec)) as c:
+        result = await c.fetch_property(spec["property"], ids)
+        requests = c.stats.requests
+    open_sizes = file_sizes(path)
+    store.close()
+    return result, requests, {"store_open": open_sizes, "store_closed": file_sizes(path)}
+
+
+def store_read(spec: dict[str, Any], ids: list[int]) -> tuple[Any, int, dict[str, Any]]:
+    """ResultStore.read of every id, offline (``"all": true``: of the whole store)."""
+    with bca.ResultStore(spec["store"]) as store:
+        segments = None if spec.get("all") else ids
+        result = store.read(spec["property"], segments, project=PROJECT)
+    return result, 0, {"not_stored": len(result.not_stored), "missing": len(result.missing)}
+
+
 CONTENDERS: dict[str, Callable[..., Any]] = {
     "naive": naive,
     "httpx-gather": httpx_gather,
     "aiohttp-gather": aiohttp_gather,
     "client": client,
     "client-stream": client_stream,
+    "client-store": client_store,
+    "store-read": store_read,
 }
 
 
@@ -185,10 +225,10 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     began = time.perf_counter()
     cpu_began = time.process_time()
     if asyncio.iscoroutinefunction(contender):
-        coroutine: Coroutine[Any, Any, tuple[Any, int]] = contender(spec, ids)
-        result, requests = asyncio.run(coroutine)
+        coroutine: Coroutine[Any, Any, tuple[Any, ...]] = contender(spec, ids)
+        result, requests, *extra = asyncio.run(coroutine)
     else:
-        result, requests = contender(spec, ids)
+        result, requests, *extra = contender(spec, ids)
     wall = time.perf_counter() - began
     cpu = time.process_time() - cpu_began
     held = rss_bytes() - before
@@ -201,6 +241,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "returned": returned,
         "held_bytes": held,
         "peak_bytes": peak,
+        **(extra[0] if extra else {}),
     }
 
 

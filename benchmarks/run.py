@@ -2,8 +2,9 @@
 
 Run from the repository root::
 
-    python -m benchmarks.run            # the full run (several minutes)
-    python -m benchmarks.run --quick    # small sizes, under a minute (CI runs this)
+    python -m benchmarks.run                # the full run (several minutes)
+    python -m benchmarks.run --quick        # small sizes, under a minute (CI runs this)
+    python -m benchmarks.run --only store   # one section (writes store.json, store.md)
 
 The fake server runs in its own process (``braincircuits-async fake-server``) so
 that client and server do not share one event loop; every measurement runs in a
@@ -21,92 +22,17 @@ import json
 import math
 import os
 import platform
-import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ._common import FULL, QUICK, Plan, ideal, log, measure, spec
 from ._server import fake_server
+from ._store import store_section, store_summary
 
 RESULTS = Path(__file__).parent / "results"
 FAULTS = "429=0.034,503=0.033,drop=0.033"  # 10 % mixed, as in the issue
-
-
-@dataclass
-class Plan:
-    """Sizes for one run; the quick plan keeps every scenario but shrinks it."""
-
-    n: int
-    latency_ms: float
-    chunk_size: int
-    concurrency: int
-    repeats: int
-    sizes: list[int]
-    concurrencies: list[int]
-    chunk_sizes: list[int]
-    per_segment_us: float
-    memory_n: int
-    contenders: list[str] = field(default_factory=list)
-
-
-FULL = Plan(
-    n=100_000,
-    latency_ms=50,
-    chunk_size=500,
-    concurrency=8,
-    repeats=3,
-    sizes=[1_000, 10_000, 100_000, 300_000, 1_000_000],
-    concurrencies=[1, 2, 4, 8, 16, 32, 64],
-    chunk_sizes=[50, 100, 200, 500, 1000, 2000, 5000],
-    per_segment_us=20,
-    memory_n=1_000_000,
-)
-QUICK = Plan(
-    n=5_000,
-    latency_ms=20,
-    chunk_size=250,
-    concurrency=8,
-    repeats=1,
-    sizes=[1_000, 5_000, 20_000],
-    concurrencies=[1, 8, 64],
-    chunk_sizes=[100, 500],
-    per_segment_us=20,
-    memory_n=20_000,
-)
-
-
-def ideal(n: int, chunk_size: int, concurrency: int, seconds_per_request: float) -> float:
-    """Wall time if the client cost nothing: full rounds of requests, back to back."""
-    return math.ceil(math.ceil(n / chunk_size) / concurrency) * seconds_per_request
-
-
-def measure(spec: dict[str, Any], repeats: int = 1, *, best: bool = False) -> dict[str, Any]:
-    """Median (or, with ``best``, the fastest) of ``repeats`` fresh-process runs.
-
-    CPU-bound runs use the fastest: on this shared 2-core machine their times
-    vary by up to 2x from run to run, and the minimum is the least disturbed.
-    """
-    runs = []
-    for _ in range(repeats):
-        out = subprocess.run(
-            [sys.executable, "-m", "benchmarks._worker", json.dumps(spec)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if out.returncode != 0:
-            raise RuntimeError(f"{spec['contender']} failed:\n{out.stderr[-3000:]}")
-        runs.append(json.loads(out.stdout))
-    ordered = sorted(runs, key=lambda r: r["wall"])
-    chosen = ordered[0] if best else ordered[len(runs) // 2]
-    chosen["walls"] = [r["wall"] for r in runs]
-    return chosen
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def contenders() -> list[str]:
@@ -120,18 +46,6 @@ def has_streaming() -> bool:
     import braincircuits_async as bca
 
     return hasattr(bca.AsyncClient, "iter_property")
-
-
-def spec(base_url: str, plan: Plan, contender: str, **overrides: Any) -> dict[str, Any]:
-    return {
-        "base_url": base_url,
-        "property": "link_pre",
-        "n": plan.n,
-        "chunk_size": plan.chunk_size,
-        "concurrency": plan.concurrency,
-        "contender": contender,
-        **overrides,
-    }
 
 
 def head_to_head(plan: Plan, latency_ms: float) -> dict[str, Any]:
@@ -256,45 +170,49 @@ def machine() -> dict[str, Any]:
     }
 
 
-def summary(results: dict[str, Any]) -> str:
-    """The Markdown tables that docs/performance.md shows."""
-    lines = []
-    for key, title in (("latency_bound", "Latency-bound"), ("cpu_bound", "CPU-bound")):
-        run = results[key]
-        lines += [
-            f"### {title}: {run['n']:,} segments, {run['latency_ms']:g} ms latency, "
-            f"chunk_size {run['chunk_size']}, concurrency {run['concurrency']}",
-            "",
-            "| contender | wall (s) | wall / ideal | segments/s | CPU (s) |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        for name, row in run["contenders"].items():
-            ratio = f"{row['wall_over_ideal']:.2f}" if row["wall_over_ideal"] else "-"
-            lines.append(
-                f"| {name} | {row['wall']:.3f} | {ratio} | {row['segments_per_s']:,.0f} "
-                f"| {row['cpu']:.3f} |"
-            )
-        lines += [
-            "",
-            f"client / httpx-gather wall: **{run['client_over_httpx_wall']:.3f}**; "
-            f"speed-up over naive: **{run['speedup_over_naive']:.1f}x**; ideal "
-            f"{run['ideal_s']:.3f} s",
-            "",
-        ]
-    faults = results["faults"]
-    lines += [
+def head_to_head_summary(run: dict[str, Any], title: str) -> list[str]:
+    lines = [
+        f"### {title}: {run['n']:,} segments, {run['latency_ms']:g} ms latency, "
+        f"chunk_size {run['chunk_size']}, concurrency {run['concurrency']}",
+        "",
+        "| contender | wall (s) | wall / ideal | segments/s | CPU (s) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, row in run["contenders"].items():
+        ratio = f"{row['wall_over_ideal']:.2f}" if row["wall_over_ideal"] else "-"
+        lines.append(
+            f"| {name} | {row['wall']:.3f} | {ratio} | {row['segments_per_s']:,.0f} "
+            f"| {row['cpu']:.3f} |"
+        )
+    return [
+        *lines,
+        "",
+        f"client / httpx-gather wall: **{run['client_over_httpx_wall']:.3f}**; "
+        f"speed-up over naive: **{run['speedup_over_naive']:.1f}x**; ideal "
+        f"{run['ideal_s']:.3f} s",
+        "",
+    ]
+
+
+def faults_summary(faults: dict[str, Any]) -> list[str]:
+    return [
         "### Under 10 % mixed faults",
         "",
         f"wall / ideal **{faults['wall_over_ideal']:.2f}**, requests / minimum "
         f"**{faults['requests_over_minimum']:.3f}** ({faults['faults']}, Retry-After "
         f"{faults['retry_after_s']} s)",
         "",
+    ]
+
+
+def scaling_summary(scaling: dict[str, Any]) -> list[str]:
+    lines = [
         "### Scaling with concurrency (latency-bound)",
         "",
         "| max_concurrency | ideal (s) | client (s) | httpx-gather (s) | client / ideal |",
         "|---:|---:|---:|---:|---:|",
     ]
-    for row in results["scaling"]["concurrency"]:
+    for row in scaling["concurrency"]:
         lines.append(
             f"| {row['concurrency']} | {row['ideal_s']:.3f} | {row['client']['wall']:.3f} | "
             f"{row['httpx-gather']['wall']:.3f} | {row['client']['wall'] / row['ideal_s']:.2f} |"
@@ -306,22 +224,59 @@ def summary(results: dict[str, Any]) -> str:
         "| segments | ideal (s) | client (s) | client peak RSS (MiB) | httpx-gather (s) |",
         "|---:|---:|---:|---:|---:|",
     ]
-    for row in results["scaling"]["sizes"]:
+    for row in scaling["sizes"]:
         lines.append(
             f"| {row['n']:,} | {row['ideal_s']:.3f} | {row['client']['wall']:.3f} | "
             f"{row['client']['peak_bytes'] / 2**20:.1f} | {row['httpx-gather']['wall']:.3f} |"
         )
-    lines += ["", "### Memory", "", "| run | held B/segment | peak B/segment |", "|---|---:|---:|"]
-    for name, row in results["memory"].items():
+    return [*lines, ""]
+
+
+def memory_summary(memory: dict[str, Any]) -> list[str]:
+    lines = ["### Memory", "", "| run | held B/segment | peak B/segment |", "|---|---:|---:|"]
+    for name, row in memory.items():
         held, peak = row["held_bytes_per_segment"], row["peak_bytes_per_segment"]
         lines.append(f"| {name} | {held:.0f} | {peak:.0f} |")
-    lines += ["", "### chunk_size (latency plus per-segment cost)", ""]
+    return [*lines, ""]
+
+
+def chunk_sizes_summary(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["### chunk_size (latency plus per-segment cost)", ""]
     lines += ["| chunk_size | ideal (s) | client (s) |", "|---:|---:|---:|"]
-    for row in results["chunk_sizes"]:
+    for row in rows:
         lines.append(
             f"| {row['chunk_size']} | {row['ideal_s']:.3f} | {row['client']['wall']:.3f} |"
         )
-    return "\n".join(lines) + "\n"
+    return [*lines, ""]
+
+
+#: The sections of a run, in order: what measures each, and what summarizes it.
+SECTIONS: dict[str, tuple[str, Callable[[Plan], Any], Callable[[Any], list[str]]]] = {
+    "latency_bound": (
+        "latency-bound",
+        lambda plan: head_to_head(plan, plan.latency_ms),
+        lambda run: head_to_head_summary(run, "Latency-bound"),
+    ),
+    "cpu_bound": (
+        "CPU-bound",
+        lambda plan: head_to_head(plan, 0.0),
+        lambda run: head_to_head_summary(run, "CPU-bound"),
+    ),
+    "faults": ("under faults", under_faults, faults_summary),
+    "scaling": ("scaling", scaling, scaling_summary),
+    "memory": ("memory", memory, memory_summary),
+    "chunk_sizes": ("chunk sizes", chunk_sizes, chunk_sizes_summary),
+    "store": ("result store", store_section, store_summary),
+}
+
+
+def summary(results: dict[str, Any]) -> str:
+    """The Markdown tables that docs/performance.md shows, for the sections run."""
+    lines: list[str] = []
+    for key, (_, _, summarize) in SECTIONS.items():
+        if key in results:
+            lines += summarize(results[key])
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def plot(results: dict[str, Any], path: Path) -> bool:
@@ -331,6 +286,8 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return False
+    if not {"scaling", "chunk_sizes"} <= results.keys():
         return False
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     sizes = results["scaling"]["sizes"]
@@ -367,25 +324,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=None, help="results folder (default: benchmarks/results)"
     )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=list(SECTIONS),
+        metavar="SECTION",
+        help=f"run only these sections ({', '.join(SECTIONS)}); the files are named "
+        "after them (store.json, quick-store.json with --quick)",
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     out = args.out or RESULTS
     out.mkdir(parents=True, exist_ok=True)
+    chosen = [key for key in SECTIONS if args.only is None or key in args.only]
     stem = "quick" if args.quick else "full"
+    if args.only is not None:
+        stem = "-".join((["quick"] if args.quick else []) + chosen)
     began = time.perf_counter()
     results: dict[str, Any] = {"machine": machine(), "quick": args.quick}
-    log(f"latency-bound ({plan.n:,} segments, {plan.latency_ms:g} ms)")
-    results["latency_bound"] = head_to_head(plan, plan.latency_ms)
-    log(f"CPU-bound ({plan.n:,} segments, no latency)")
-    results["cpu_bound"] = head_to_head(plan, 0.0)
-    log("scaling")
-    results["scaling"] = scaling(plan)
-    log("under faults")
-    results["faults"] = under_faults(plan)
-    log("memory")
-    results["memory"] = memory(plan)
-    log("chunk sizes")
-    results["chunk_sizes"] = chunk_sizes(plan)
+    for key in chosen:
+        title, run, _ = SECTIONS[key]
+        log(f"{title} ({plan.n:,} segments)")
+        results[key] = run(plan)
     results["seconds"] = time.perf_counter() - began
     (out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / f"{stem}.md").write_text(summary(results))
