@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -222,6 +222,7 @@ class Wire:
             headers=target.headers,
             content=('{"segments":[' + ",".join(keys) + "]}").encode(),
         )
+        request.stream = OneShotBody(request.content)
         gate = self.gate
         async with gate as sent_at:
             # The gate's fast path may not have passed a checkpoint: a call stopped
@@ -290,6 +291,40 @@ class Wire:
             )
         except MalformedResponseError as error:
             return error
+
+
+class OneShotBody(httpx.AsyncByteStream):
+    """A request body sent as one piece, iterated without an async generator.
+
+    httpx's own body stream iterates with an async generator, which httpcore
+    leaves open when a cancellation lands while the body is being sent (a call
+    stopped by a 401, a deadline, an interrupt); on trio, collecting it later
+    prints "Exception ignored in ... ByteStream.__aiter__".
+    """
+
+    __slots__ = ("_body",)
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return _Once(self._body)
+
+
+class _Once:
+    __slots__ = ("_piece",)
+
+    def __init__(self, piece: bytes) -> None:
+        self._piece: bytes | None = piece
+
+    def __aiter__(self) -> _Once:
+        return self
+
+    async def __anext__(self) -> bytes:
+        piece, self._piece = self._piece, None
+        if piece is None:
+            raise StopAsyncIteration
+        return piece
 
 
 async def read_capped(response: httpx.Response, cap: int) -> bytes | None:
