@@ -45,7 +45,8 @@ def fake_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def service(fake_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def service(fake_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # files an example writes (a store, an output) land here
     monkeypatch.setenv("BRAINCIRCUITS_URL", fake_url)
     monkeypatch.setenv("BRAINCIRCUITS_TOKEN", testing.DEFAULT_TOKEN)
     monkeypatch.setenv("BRAINCIRCUITS_CAVE_TOKEN", testing.DEFAULT_CAVE_TOKEN)

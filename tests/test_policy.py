@@ -26,6 +26,7 @@ from braincircuits_async._policy import (
     stale_slices,
     timeouts_before_splitting,
     uncovered,
+    with_partial,
 )
 from braincircuits_async._transport import AuthHeaders
 from braincircuits_async._wire import LowerLayerErrors, Target, error_for_status
@@ -331,6 +332,60 @@ def test_settle_raises_the_chunks_own_error_when_nothing_was_fetched(props: list
     with pytest.raises(bca.RateLimitError) as excinfo:
         settle_all(outcomes)
     assert excinfo.value is errors[0]
+
+
+# with_partial: what a fatal error carries
+
+
+@pytest.mark.parametrize(
+    ("consistency", "answers", "kept"),
+    [
+        # One materialization: everything fetched, in request order.
+        ("refetch", [answer(5, 10, REF), answer(0, 5, REF, missing={101})], IDS),
+        # Mixed: only the newest one's chunks, unless "ignore" keeps them all.
+        ("refetch", [answer(0, 5, OLD), answer(5, 10, NEW)], IDS[5:]),
+        ("strict", [answer(0, 5, OLD), answer(5, 10, NEW)], IDS[5:]),
+        ("ignore", [answer(0, 5, OLD), answer(5, 10, NEW)], IDS),
+        # Nothing fetched: an empty result all the same.
+        ("refetch", [], []),
+    ],
+)
+def test_a_fatal_error_carries_what_was_fetched_without_mixing_materializations(
+    consistency: Consistency, answers: list[ChunkAnswer], kept: list[int]
+) -> None:
+    error = bca.AuthenticationError("token refused (401)", status_code=401)
+    raised = with_partial(error, [outcome("a", answers)], consistency=consistency)
+    assert raised is error
+    assert error.result is not None
+    assert error.results == {"a": error.result}
+    assert sorted([*error.result, *error.result.missing]) == kept
+    assert list(error.result) == sorted(error.result)  # request order
+
+
+def test_a_fatal_error_carries_every_propertys_result_in_request_order() -> None:
+    error = bca.APIStatusError("not found (404)", status_code=404)
+    reordered = Outcome("b", PROJECT, IDS[::-1], [answer(0, 3, REF)], {}, 0, IDS)
+    with_partial(error, [outcome("a", [answer(0, 2, REF)]), reordered], consistency="refetch")
+    assert list(error.results) == ["a", "b"]
+    assert error.result is error.results["a"]
+    assert list(error.results["a"]) == [100, 101]
+    # Outcome "b" worked on the ids in another order; its result is in request order.
+    assert list(error.results["b"]) == [100, 101, 102]
+
+
+def test_a_streams_fatal_error_carries_nothing_it_handed_on_already() -> None:
+    error = bca.AuthenticationError("token refused (401)", status_code=401)
+    with_partial(error, [outcome("a", [answer(0, 2, REF)])], consistency="refetch", streaming=True)
+    assert error.result is None
+    assert error.results == {}
+
+
+def test_an_error_raised_when_nothing_was_fetched_carries_the_empty_result() -> None:
+    error = bca.RateLimitError("rate limited (429)", status_code=429)
+    with pytest.raises(bca.RateLimitError):
+        settle_all([outcome("a", [], failures={0: (10, error)})])
+    assert error.result is not None
+    assert len(error.result) == 0
 
 
 def test_a_deadline_that_cut_everything_off_still_raises_incomplete_result() -> None:
