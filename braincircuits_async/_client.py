@@ -454,7 +454,8 @@ class AsyncClient:
         for call in calls:
             again = await call.deliver_stored()
             if again:
-                await call.refetch(again)
+                # `fetch`, not `refetch`: these were never handed on, nor counted.
+                await call.fetch(again)
 
     async def _refetch_rounds(self, calls: Sequence[Call]) -> None:
         """Re-fetch chunks not from the newest materialization across ``calls``."""

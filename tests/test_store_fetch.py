@@ -404,3 +404,24 @@ def test_the_blocking_fetch_takes_a_store(store_path: Path) -> None:
 
 
 Builder = Callable[..., bca.AsyncClient]
+
+
+async def test_a_stream_refetches_stale_stored_chunks_and_counts_each_segment_once(
+    server: Server, store_path: Path
+) -> None:
+    async with server.client(store=store_path) as client:
+        await client.fetch_property("link_pre", IDS[:2000])
+        new = server.fake.rollover()
+        done: list[int] = []
+        streamed: dict[int, Any] = {}
+        missing: list[int] = []
+        async for part in client.iter_property(
+            "link_pre", IDS, progress=lambda p: done.append(p.done)
+        ):
+            assert part.materialized_timestamp == new
+            streamed.update(part)
+            missing.extend(part.missing)
+    assert streamed == server.expected(IDS)
+    assert len(streamed) + len(missing) == len(IDS)
+    assert done[-1] == len(IDS)
+    assert done == sorted(done)
