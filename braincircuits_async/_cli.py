@@ -1,36 +1,32 @@
-"""The ``braincircuits-async`` command: ``fetch``, ``demo`` and ``fake-server``.
+"""The ``braincircuits-async`` command: ``fetch``, ``export``, ``demo`` and ``fake-server``.
 
+This module holds every command's parser and :func:`main`; ``_cli_fetch`` runs
+``fetch`` and ``export``, ``_cli_fake`` the two commands of the fake server.
 The CLI never prints a token and takes none on its command line (where shell
 history would keep it): tokens come from the environment, as for the library.
 Exit codes: 0 success, 1 some segments failed (the rest are written), 2 bad
-usage, bad input or a token problem.
+usage, bad input, a token problem or a store that cannot be used, 130 Ctrl-C,
+143 SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TextIO
-
-import anyio
 
 from ._cli_fake import demo as _demo
 from ._cli_fake import fake_server as _fake_server
-from ._client import AsyncClient
+from ._cli_fetch import export as _export
+from ._cli_fetch import fetch as _fetch
 from ._config import (
     DEFAULT_BASE_URL,
     DEFAULT_CHUNK_SIZE,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_RETRIES,
 )
-from ._exceptions import AuthenticationError, BrainCircuitsError, IncompleteResultError
-from ._export import FORMATS, read_ids, write_csv, write_jsonl, write_parquet
-from ._models import SegmentPropertyResult
-from ._retry import is_fatal
+from ._exceptions import AuthenticationError, StoreError
+from ._export import FORMATS
 from ._version import __version__
 
 __all__ = ["main"]
@@ -115,6 +111,25 @@ def _add_fake_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        help="file to write (default, or '-': standard output); an existing file is "
+        "kept unless --force is given",
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="jsonl: one JSON object per segment; csv: one column per field, nested "
+        "values as JSON text; parquet: needs -o and the 'parquet' extra (default: the "
+        "extension of OUT, which must then be .jsonl, .csv or .parquet; jsonl on "
+        "standard output)",
+    )
+    parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="braincircuits-async",
@@ -129,10 +144,15 @@ def _build_parser() -> argparse.ArgumentParser:
         help="fetch one property of the segment ids in a file, to JSON lines, CSV or Parquet",
         description="Fetch PROPERTY for every segment id in the --ids file (one id per "
         "line; blank lines and # comments are skipped) and write one record per segment. "
+        "Everything that can be checked is checked before the first request: the ids, "
+        "OUT's folder, format and library, the --failed-ids folder, the store. "
         "Tokens come from BRAINCIRCUITS_TOKEN and BRAINCIRCUITS_CAVE_TOKEN (or CAVE_TOKEN, "
-        "or CAVEclient's secret file), the address from BRAINCIRCUITS_URL. Exit status: "
-        "0 all fetched, 1 some segments failed (the others are written), 2 bad usage, "
-        "bad ids or a token problem.",
+        "or CAVEclient's secret file), the address from BRAINCIRCUITS_URL. With --store, "
+        "a run stopped by Ctrl-C, SIGTERM, a crash or a refused token, run again with the "
+        "same arguments, fetches only what is missing, then writes OUT. Exit status: "
+        "0 all fetched; 1 some segments failed (the others are written); 2 bad usage, "
+        "bad ids, an output that cannot be written, a token problem or an unusable store "
+        "(found before the first request, these send nothing); 130 Ctrl-C; 143 SIGTERM.",
     )
     fetch.add_argument("property", help="the property, e.g. link_pre, size, connectivity")
     fetch.add_argument("--project", required=True, help="the project, e.g. fruitfly_fafb_flywire")
@@ -142,21 +162,22 @@ def _build_parser() -> argparse.ArgumentParser:
         help="file of segment ids, one per line; '-' (or a bare '-' anywhere after "
         "fetch) reads standard input",
     )
+    _add_output_options(fetch)
     fetch.add_argument(
-        "-o",
-        "--output",
-        metavar="OUT",
-        help="file to write (default, or '-': standard output); an existing file is "
-        "kept unless --force is given",
+        "--store",
+        metavar="PATH",
+        help="result store (one SQLite file, created if missing): each chunk is saved "
+        "there as it arrives, and ids it holds are not fetched again, so an interrupted "
+        "run resumes where it stopped; if the fetch stops at an error (e.g. a refused "
+        "token), OUT is not written and the same command run again finishes it",
     )
     fetch.add_argument(
-        "--format",
-        choices=FORMATS,
-        help="jsonl: one JSON object per segment; csv: one column per field, nested "
-        "values as JSON text; parquet: needs -o and the 'parquet' extra (default: from "
-        "the extension of OUT, else jsonl)",
+        "--failed-ids",
+        metavar="PATH",
+        help="write the ids that could not be fetched to PATH, one per line (the format "
+        "of --ids; ids unknown to the server are not listed), replacing PATH; empty when "
+        "none failed",
     )
-    fetch.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     fetch.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -178,6 +199,30 @@ def _build_parser() -> argparse.ArgumentParser:
     fetch.add_argument(
         "-v", "--verbose", action="store_true", help="log each retry on standard error"
     )
+
+    export = commands.add_parser(
+        "export",
+        help="write what a result store holds for one property, offline",
+        description="Write every segment the --store holds for PROPERTY in --project, from "
+        "one materialization (the newest unless --materialized-timestamp picks an older "
+        "one), with the same formats as fetch. No network, no token. Exit status: 0 "
+        "written; 2 bad usage, an output that cannot be written, or a store that holds "
+        "nothing for it.",
+    )
+    export.add_argument("property", help="the property, e.g. link_pre, size, connectivity")
+    export.add_argument(
+        "--store", required=True, metavar="PATH", help="the result store to read (a file)"
+    )
+    export.add_argument("--project", required=True, help="the project, e.g. fruitfly_fafb_flywire")
+    export.add_argument(
+        "--materialized-timestamp",
+        type=int,
+        metavar="TS",
+        default=None,
+        help="the materialization to write, in UNIX seconds (default: the newest held; "
+        "the summary lists the others)",
+    )
+    _add_output_options(export)
 
     demo = commands.add_parser(
         "demo",
@@ -259,96 +304,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A bare "-" means the ids come from standard input (argparse cannot place an
         # optional positional after options, so it becomes --ids -).
         at = words.index("-")
-        if words[at - 1] not in ("--ids", "-o", "--output"):
+        if words[at - 1] not in ("--ids", "-o", "--output", "--store", "--failed-ids"):
             words[at : at + 1] = ["--ids", "-"]
     args = _build_parser().parse_args(words)
     try:
         if args.command == "fetch":
             return _fetch(args, sys.stdin, sys.stdout, sys.stderr)
+        if args.command == "export":
+            return _export(args, sys.stdout, sys.stderr)
         if args.command == "demo":
             return _demo(args, sys.stdout, sys.stderr)
         return _fake_server(args, sys.stderr)
-    except (ImportError, OSError, ValueError, TypeError, AuthenticationError) as error:
+    except (ImportError, OSError, ValueError, TypeError, AuthenticationError, StoreError) as error:
         print(f"braincircuits-async: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-
-
-def _fetch(args: argparse.Namespace, stdin: TextIO, out: TextIO, err: TextIO) -> int:
-    """``braincircuits-async fetch``: ids from a file, results to a file or stdout."""
-    source = args.ids
-    if source is None:
-        raise ValueError("give the ids with --ids FILE, or '-' to read standard input")
-    output = Path(args.output) if args.output not in (None, "-") else None
-    fmt = args.format or (
-        output.suffix.lstrip(".").lower()
-        if output is not None and output.suffix.lstrip(".").lower() in FORMATS
-        else "jsonl"
-    )
-    if fmt == "parquet" and output is None:
-        raise ValueError("--format parquet writes a file: give it with -o OUT")
-    if output is not None and output.exists() and not args.force:
-        raise ValueError(f"{output} exists; pass --force to overwrite it")
-    if source == "-":
-        ids = read_ids(stdin, "standard input")
-    else:
-        with open(source, encoding="utf-8") as lines:
-            ids = read_ids(lines, source)
-    if args.verbose:
-        logging.basicConfig(level=logging.INFO, stream=err, format="%(message)s")
-    progress = err.isatty() if args.progress is None else args.progress
-
-    async def fetch() -> tuple[SegmentPropertyResult, dict[int, str]]:
-        async with AsyncClient(
-            base_url=args.base_url,
-            project=args.project,
-            chunk_size=args.chunk_size,
-            max_concurrency=args.concurrency,
-            max_retries=args.max_retries,
-        ) as client:
-            try:
-                result = await client.fetch_property(args.property, ids, progress=progress)
-            except IncompleteResultError as error:
-                return error.result, dict(error.failures)
-            return result, {}
-
-    try:
-        result, failures = anyio.run(fetch)
-    except AuthenticationError:
-        raise
-    except BrainCircuitsError as error:
-        print(f"braincircuits-async: {type(error).__name__}: {error}", file=err)
-        # An unknown property or project (404, 422) is bad usage, not a failed segment.
-        return 2 if is_fatal(error) else 1
-    _write(result, fmt, output, out)
-    print(
-        f"{len(result):,} segment(s) written, {len(result.missing):,} unknown to the server, "
-        f"{len(failures):,} failed; materialized_timestamp {result.materialized_timestamp}",
-        file=err,
-    )
-    if failures:
-        reasons = sorted(set(failures.values()))
-        print(
-            f"failed: {reasons[0]}" + (f" (+{len(reasons) - 1} more)" if reasons[1:] else ""),
-            file=err,
-        )
-        return 1
-    return 0
-
-
-def _write(result: SegmentPropertyResult, fmt: str, output: Path | None, out: TextIO) -> None:
-    """Write to ``output`` through a temporary file (no half-written file on failure)."""
-    if output is None:
-        (write_csv if fmt == "csv" else write_jsonl)(result, out)
-        return
-    partial = output.with_name(f".{output.name}.partial")
-    try:
-        if fmt == "parquet":
-            write_parquet(result, partial)
-        else:
-            with open(partial, "w", encoding="utf-8", newline="") as stream:
-                (write_csv if fmt == "csv" else write_jsonl)(result, stream)
-        os.replace(partial, output)
-    finally:
-        partial.unlink(missing_ok=True)

@@ -1,22 +1,53 @@
-"""Writing results as JSON lines, CSV or Parquet (the CLI's ``fetch`` output)."""
+"""The CLI's files: id files in and out, results as JSON lines, CSV or Parquet.
+
+Everything that can be checked about an output before the first request is
+checked here (:func:`output_format`, :func:`check_output`), so a day-long fetch
+does not end in a folder that does not exist or a missing pyarrow. Every file is
+written under a temporary name and renamed (:func:`write_atomically`): a failed
+or interrupted write leaves no half-written file.
+"""
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
-from collections.abc import Iterable, Mapping
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
 from ._exceptions import InvalidArgumentError, MissingDependencyError
 
-__all__ = ["FORMATS", "read_ids", "write_csv", "write_jsonl", "write_parquet"]
+__all__ = [
+    "FORMATS",
+    "OutputError",
+    "check_writable_folder",
+    "is_special",
+    "output_format",
+    "prepare_output",
+    "read_ids",
+    "write_atomically",
+    "write_csv",
+    "write_ids",
+    "write_jsonl",
+    "write_parquet",
+    "write_result",
+]
 
+#: The output formats, each also the extension of OUT that picks it.
 FORMATS = ("jsonl", "csv", "parquet")
+
+_PARQUET_NEEDS = 'parquet output needs pyarrow: pip install "braincircuits-async[parquet]"'
 
 
 class IdFileError(InvalidArgumentError):
     """A line of an id file is not a segment id; says which line."""
+
+
+class OutputError(InvalidArgumentError):
+    """An output cannot be written where it was asked for; says what to fix."""
 
 
 def read_ids(lines: Iterable[str], source: str) -> list[int]:
@@ -74,11 +105,143 @@ def write_parquet(data: Mapping[int, Mapping[str, Any]], path: Path) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise MissingDependencyError(
-            'parquet output needs pyarrow: pip install "braincircuits-async[parquet]"'
-        ) from None
+        raise MissingDependencyError(_PARQUET_NEEDS) from None
     fields = _fields(data)
     columns: dict[str, Any] = {"segment_id": pa.array(list(data), type=pa.uint64())}
     for field in fields:
         columns[field] = pa.array([_cell(v.get(field)) for v in data.values()])
     pq.write_table(pa.table(columns), path)
+
+
+def write_ids(ids: Iterable[int], path: Path) -> None:
+    """One id per line, the format :func:`read_ids` reads; an empty file for no ids."""
+
+    def write(partial: Path) -> None:
+        with open(partial, "w", encoding="utf-8") as stream:
+            stream.writelines(f"{segment}\n" for segment in ids)
+
+    write_atomically(path, write)
+
+
+def write_result(
+    result: Mapping[int, Mapping[str, Any]], fmt: str, path: Path | None, out: TextIO
+) -> None:
+    """Write ``result`` as ``fmt`` to ``path``, or to ``out`` when ``path`` is ``None``."""
+    writer = write_csv if fmt == "csv" else write_jsonl
+    if path is None:
+        writer(result, out)
+        return
+
+    def write(partial: Path) -> None:
+        if fmt == "parquet":
+            write_parquet(result, partial)
+        else:
+            with open(partial, "w", encoding="utf-8", newline="") as stream:
+                writer(result, stream)
+
+    write_atomically(path, write)
+
+
+def is_special(path: Path) -> bool:
+    """Whether ``path`` is a device or a named pipe (``/dev/null``, ``/dev/stdout``, a FIFO).
+
+    Such a file is written into, not replaced: renaming a temporary file over
+    ``/dev/null`` would, as root, put a regular file in its place.
+    """
+    return path.exists() and not path.is_file() and not path.is_dir()
+
+
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(partial)`` to a temporary file beside ``path``, then rename it to ``path``.
+
+    A failed write leaves ``path`` as it was: no half-written file, ever. A device
+    or a named pipe (:func:`is_special`) is written into directly.
+    """
+    if is_special(path):
+        write(path)
+        return
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+# --- before the first request ---------------------------------------------------------
+
+
+def output_format(path: Path | None, given: str | None) -> str:
+    """The format to write: ``given`` (``--format``), else the extension of ``path``.
+
+    Standard output (``path`` ``None``) is JSON lines unless ``given`` says csv;
+    a file whose extension is not one of :data:`FORMATS` needs ``given``, so that
+    ``-o table.json`` or ``-o table`` is not silently written as JSON lines.
+    """
+    if path is None:
+        fmt = given or "jsonl"
+        if fmt == "parquet":
+            raise OutputError("--format parquet writes a file: give it with -o OUT")
+        return fmt
+    if given is not None:
+        return given
+    extension = path.suffix.lstrip(".").lower()
+    if extension in FORMATS:
+        return extension
+    what = f"its extension {path.suffix!r} is not" if path.suffix else "it has no extension, nor"
+    raise OutputError(
+        f"-o {str(path)!r}: {what} one of .jsonl, .csv, .parquet; rename it, or say "
+        "which format to write with --format jsonl, csv or parquet"
+    )
+
+
+def prepare_output(text: str | None, given: str | None, *, force: bool) -> tuple[Path | None, str]:
+    """OUT's path (``None``: standard output) and format, checked now, not after the fetch.
+
+    Checks that OUT is not a folder, that its format is known (:func:`output_format`)
+    and its library installed (pyarrow for parquet, looked up, not imported), that
+    an existing OUT may be replaced (``force``), and that its folder takes a new file.
+    """
+    path = None if text in (None, "-") else Path(text)
+    if path is not None and path.is_dir():
+        raise OutputError(f"-o {str(path)!r} is a folder; give the path of a file in it")
+    fmt = output_format(path, given)
+    if fmt == "parquet" and importlib.util.find_spec("pyarrow") is None:
+        raise MissingDependencyError(_PARQUET_NEEDS)
+    if path is None or is_special(path):
+        return path, fmt  # written into as it is, like standard output
+    if path.exists() and not force:
+        raise OutputError(f"{path} exists; pass --force to overwrite it")
+    check_writable_folder(path, "-o")
+    return path, fmt
+
+
+def check_writable_folder(path: Path, option: str) -> None:
+    """Fail unless a new file can be created in the folder of ``path``.
+
+    Tried, not guessed: ``os.access`` says yes to root even where a write then
+    fails (a read-only mount), so a temporary file is created and removed. A
+    device or a named pipe is written into, not beside, so it passes.
+    """
+    if is_special(path):
+        return
+    folder = path.parent
+    if not folder.exists():
+        raise OutputError(
+            f"{option} {str(path)!r}: the folder {str(folder)!r} does not exist; "
+            "create it, or give a path in another folder"
+        )
+    if not folder.is_dir():
+        raise OutputError(
+            f"{option} {str(path)!r}: {str(folder)!r} is a file, not a folder; "
+            "give a path in a folder"
+        )
+    try:
+        handle, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".check", dir=folder)
+    except OSError as error:
+        raise OutputError(
+            f"{option} {str(path)!r}: cannot create a file in the folder {str(folder)!r} "
+            f"({error.strerror or error}); give a path in a folder you can write to"
+        ) from None
+    os.close(handle)
+    os.unlink(probe)
