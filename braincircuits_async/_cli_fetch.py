@@ -13,7 +13,8 @@ What is written when a fetch fails (exit status in brackets):
 * a fatal error after some chunks (2: a refused token, an unknown project, a
   store that cannot be written): with ``--store``, OUT is not written (the chunks
   are in the store, and the re-run writes OUT without ``--force``); without, OUT
-  is written with what was fetched, so nothing is lost;
+  is written with what was fetched, so nothing is lost (unless the values
+  disagree on the materialization: no file mixes two);
 * either way, ``--failed-ids`` lists the ids not fetched (not those unknown to
   the server), one per line, for ``--ids``.
 """
@@ -38,6 +39,7 @@ from ._exceptions import (
     AuthenticationError,
     BrainCircuitsError,
     IncompleteResultError,
+    InconsistentMaterializationError,
     InvalidArgumentError,
     MissingDependencyError,
     StoreError,
@@ -174,6 +176,9 @@ def _finish(
                 "same command again: it fetches only the rest and writes the output.",
                 file=err,
             )
+        elif got and isinstance(error, InconsistentMaterializationError):
+            # Its result mixes materializations: no table may do that.
+            print(f"{where} was not written: the values fetched disagree", file=err)
         elif got and result is not None:
             write_result(result, fmt, output, out)
             print(

@@ -595,3 +595,21 @@ def test_export_and_fetch_help_name_the_new_options(capsys: Any) -> None:
         text = capsys.readouterr().out
         for option in options:
             assert option in text
+
+
+def test_values_that_disagree_on_the_materialization_are_not_written(
+    tmp_path: Path, ids_file: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every answer moves the materialization on: the re-fetch rounds cannot reconcile.
+    fake = testing.FakeBrainCircuits(rollover_after=1)
+    out = tmp_path / "out.jsonl"
+    monkeypatch.setenv("BRAINCIRCUITS_TOKEN", testing.DEFAULT_TOKEN)
+    monkeypatch.setenv("BRAINCIRCUITS_CAVE_TOKEN", testing.DEFAULT_CAVE_TOKEN)
+    with testing.serve_in_thread(fake) as url:
+        monkeypatch.setenv("BRAINCIRCUITS_URL", url)
+        code, _, err = run(capsys, "fetch", "size", "--project", PROJECT, "--ids",
+                           str(ids_file), "-o", str(out))  # fmt: skip
+    assert code == 1
+    assert "InconsistentMaterializationError" in err
+    assert "was not written: the values fetched disagree" in err
+    assert not out.exists()
