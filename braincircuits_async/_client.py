@@ -55,14 +55,13 @@ from ._config import (
     resolve_token,
 )
 from ._exceptions import BrainCircuitsError, ClientClosedError
-from ._merge import newest_timestamp
 from ._models import SegmentPropertyResult
-from ._policy import settle, stale_slices, with_partial
+from ._policy import refetch_target, settle, stale_slices, with_partial
 from ._progress import CombinedProgress, ProgressArg, Reporter, close_reporter, make_reporter
-from ._resume import Plan, plan_call
+from ._resume import Held, Plan, plan_call
 from ._scheduler import Call, Reference, Sink, StrictStop, run_all
 from ._stats import ClientStats
-from ._store import ResultStore, open_store
+from ._store import Committer, ResultStore, open_store
 from ._stream import PropertyStream
 from ._transport import Credentials, check_base_url
 from ._wire import Target, Wire
@@ -70,6 +69,9 @@ from ._wire import Target, Wire
 __all__ = ["AsyncClient", "ClientStats"]
 
 logger = logging.getLogger("braincircuits_async")
+
+#: Ids looked up in the store per worker-thread call (about 10 ms of work each).
+LOOKUP_BATCH = 10_000
 
 
 class AsyncClient:
@@ -187,6 +189,13 @@ class AsyncClient:
         self._tasks: anyio.abc.TaskGroup | None = None
         # Opened last: nothing above can fail and leave it open.
         self._store, self._owns_store = open_store(store)
+        if self._store is not None:
+            try:
+                self._store._check_server(url)  # one store file per server
+            except BaseException:
+                if self._owns_store:
+                    self._store.close()
+                raise
 
     @property
     def store(self) -> ResultStore | None:
@@ -440,6 +449,15 @@ class AsyncClient:
                     streaming=streaming,
                 ) from None
         if scope.cancelled_caught:
+            # A fatal error the deadline cut short of being raised is still the answer.
+            fatal = next((c.fatal for c in calls if c.fatal is not None), None)
+            if fatal is not None:
+                raise with_partial(
+                    fatal,
+                    [c.outcome() for c in calls],
+                    consistency=config.consistency,
+                    streaming=streaming,
+                )
             for call in calls:
                 call.deadline_passed(deadline or 0.0)
         return settle(
@@ -460,7 +478,7 @@ class AsyncClient:
     async def _refetch_rounds(self, calls: Sequence[Call]) -> None:
         """Re-fetch chunks not from the newest materialization across ``calls``."""
         for round_number in range(1, self._config.max_refetch_rounds + 1):
-            target = newest_timestamp(a for c in calls for a in c.answers.values())
+            target = refetch_target(a for c in calls for a in c.answers.values())
             stale = [(c, s) for c in calls if (s := stale_slices(c.answers.values(), target))]
             if not stale:
                 return
@@ -482,12 +500,16 @@ class AsyncClient:
         if store is None:
             return plan_call(ids, None, chunk_size)
 
-        def look_up() -> Plan:  # large work: in a worker thread, off the event loop
-            return plan_call(ids, store.lookup(target.prop, target.project, ids), chunk_size)
-
-        plan = await anyio.to_thread.run_sync(look_up)
-        held = sum(a.end - a.start for a in plan.stored)
-        logger.info("%s: the store holds %d of %d segment(s)", target.prop, held, len(ids))
+        # Large work, so in worker threads, off the event loop, and in pieces: a
+        # cancellation (a deadline, Ctrl-C) lands between two of them.
+        held: list[Held | None] = []
+        for start in range(0, len(ids), LOOKUP_BATCH):
+            held += await anyio.to_thread.run_sync(
+                store._lookup, target.prop, target.project, ids[start : start + LOOKUP_BATCH]
+            )
+        plan = await anyio.to_thread.run_sync(plan_call, ids, held, chunk_size)
+        stored = sum(a.end - a.start for a in plan.stored)
+        logger.info("%s: the store holds %d of %d segment(s)", target.prop, stored, len(ids))
         return plan
 
     def _call(
@@ -500,12 +522,11 @@ class AsyncClient:
         sink: Sink | None = None,
     ) -> Call:
         store = self._store
-        record = None
-        if store is not None:
-            # One writer at a time: a thread per chunk would only queue on SQLite's lock.
-            record = functools.partial(
-                store.commit, target.prop, target.project, limiter=anyio.CapacityLimiter(1)
-            )
+        record = (
+            None
+            if store is None
+            else Committer(store, target.prop, target.project, self._config.base_url)
+        )
         return Call(
             self._wire,
             target,

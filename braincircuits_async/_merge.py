@@ -82,6 +82,8 @@ class ChunkAnswer:
     timestamp: int
     ids: list[int]
     values: list[dict[str, Any] | None]
+    #: Read from a result store, not fetched: it cannot tell the server's materialization.
+    stored: bool = False
 
     def items(self) -> Iterator[tuple[int, dict[str, Any]]]:
         """``(segment, value)`` for the ids the server returned, in request order."""

@@ -37,6 +37,7 @@ __all__ = [
     "Verdict",
     "failure_reasons",
     "judge_timestamp",
+    "refetch_target",
     "settle",
     "split_decision",
     "stale_slices",
@@ -87,6 +88,23 @@ def judge_timestamp(
     if refetched < max_refetch_rounds:
         return Verdict.REFETCH, ""
     return Verdict.STOP, f"{refetched} re-fetch round(s) did not reconcile them"
+
+
+def refetch_target(answers: Iterable[ChunkAnswer]) -> int | None:
+    """The materialization every answer must come from: the newest one fetched.
+
+    Stored answers do not count unless nothing was fetched: the server decides, so a
+    store holding a newer materialization than the server serves (a rolled-back
+    dataset, another deployment) is re-fetched instead of failing every answer.
+    """
+    newest_fetched = newest_stored = None
+    for answer in answers:
+        if answer.stored:
+            if newest_stored is None or answer.timestamp > newest_stored:
+                newest_stored = answer.timestamp
+        elif newest_fetched is None or answer.timestamp > newest_fetched:
+            newest_fetched = answer.timestamp
+    return newest_stored if newest_fetched is None else newest_fetched
 
 
 def stale_slices(answers: Iterable[ChunkAnswer], target: int | None) -> list[Slice]:
@@ -293,11 +311,15 @@ def inconsistent_error(
         if consistency == "strict"
         else f"chunks still disagree after {max_refetch_rounds} re-fetch round(s)"
     )
-    advice = (
-        "raise max_refetch_rounds, or fetch again later"
-        if consistency == "refetch"
-        else "fetch again, or use consistency='refetch' to re-fetch stale chunks"
-    )
+    if consistency == "refetch":
+        advice = "raise max_refetch_rounds, or fetch again later"
+    elif any(a.stored for o in outcomes for a in o.answers):
+        advice = (
+            "the result store holds values from another materialization: use "
+            "consistency='refetch' to fetch them again (or drop them with store.prune())"
+        )
+    else:
+        advice = "fetch again, or use consistency='refetch' to re-fetch stale chunks"
     newest = max(timestamps)
     # The property to show first: one whose own chunks disagree, or lag the newest.
     worst = next(

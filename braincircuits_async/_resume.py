@@ -74,6 +74,7 @@ def plan_call(ids: list[int], held: Sequence[Held | None] | None, chunk_size: in
                 timestamp,
                 [ids[i] for i in run],
                 [_value(held[i]) for i in run],
+                stored=True,
             )
         )
         position = end

@@ -197,6 +197,11 @@ class Call:
             self.failures[start] = (end, error)
             self._failed += end - start
 
+    @property
+    def fatal(self) -> BrainCircuitsError | None:
+        """The error that stopped the call for good (a 401, a store error), if one did."""
+        return self._stop if isinstance(self._stop, BrainCircuitsError) else None
+
     def outcome(self) -> Outcome:
         return Outcome(
             self.target.prop,
@@ -280,15 +285,17 @@ class Call:
         except BrainCircuitsError as error:
             self._failed_for_good(start, end, error)
             return
-        if self.record is not None:
-            await self.record(answer)  # committed before anything else can go wrong
         self.stats.segments += end - start
-        if self._stop is not None:  # strict mode: `_judge` stopped the call at this answer
+        if self.sink is None:
+            self.answers[start] = answer  # kept first: whatever happens next, it is not lost
+        if self.record is not None:
+            await self.record(answer)  # to the store; raises StoreError if it cannot take it
+        if self._stop is not None:
+            # Stopped meanwhile (strict mode at this answer, a fatal answer elsewhere, the
+            # store): the answer is kept (and stored), nothing more is handed on.
             self._report(end - start)
             return
-        if self.sink is None:
-            self.answers[start] = answer
-        elif not await self._deliver(answer):
+        if self.sink is not None and not await self._deliver(answer):
             return  # queued again: counted when it is delivered
         self._report(end - start)
 

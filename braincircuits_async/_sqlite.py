@@ -23,12 +23,12 @@ __all__ = ["SIGNED", "connect", "decode_all", "encode_value", "from_sql", "to_sq
 _FORMAT = "braincircuits-async result store"
 _VERSION = 1
 SIGNED = 2**63
-_UNSIGNED = 2**64
+UNSIGNED = 2**64
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS store_info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS materializations (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     project TEXT NOT NULL,
     property TEXT NOT NULL,
     materialized_timestamp INTEGER NOT NULL,
@@ -50,7 +50,8 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 
 def _dumps_exact(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    # ASCII escapes keep every string exact, a lone surrogate ("\ud800") included.
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 def encode_value(value: dict[str, Any] | None) -> bytes | None:
@@ -72,11 +73,11 @@ def encode_value(value: dict[str, Any] | None) -> bytes | None:
 
 
 def to_sql(segment: int) -> int:
-    return segment - _UNSIGNED if segment >= SIGNED else segment
+    return segment - UNSIGNED if segment >= SIGNED else segment
 
 
 def from_sql(segment: int) -> int:
-    return segment + _UNSIGNED if segment < 0 else segment
+    return segment + UNSIGNED if segment < 0 else segment
 
 
 def decode_all(blobs: Sequence[bytes | None]) -> list[Any]:
@@ -87,7 +88,9 @@ def decode_all(blobs: Sequence[bytes | None]) -> list[Any]:
 
 
 class transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on any error."""
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (a write), or ``ROLLBACK`` on any error."""
+
+    _begin = "BEGIN IMMEDIATE"
 
     def __init__(self, db: sqlite3.Connection, path: Path) -> None:
         self._db = db
@@ -95,7 +98,7 @@ class transaction:
 
     def __enter__(self) -> None:
         try:
-            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(self._begin)
         except sqlite3.Error as error:
             raise store_error(self._path, error, "could not start a write") from None
 
@@ -115,6 +118,13 @@ class transaction:
         self._db.execute("ROLLBACK")
         if isinstance(exc, sqlite3.Error):
             raise store_error(self._path, exc, "could not write") from None
+
+
+class snapshot(transaction):
+    """``BEGIN`` ... ``COMMIT`` around reads: in WAL mode, one consistent view of the
+    file, whatever other processes commit meanwhile."""
+
+    _begin = "BEGIN"
 
 
 def store_error(path: Path, error: sqlite3.Error, what: str) -> StoreError:

@@ -33,13 +33,24 @@ import anyio
 import anyio.to_thread
 
 from ._chunking import normalize_segments, validate_project, validate_properties
-from ._exceptions import InvalidArgumentError, StoreError
+from ._config import check_seconds
+from ._exceptions import InvalidArgumentError, InvalidSegmentError, StoreError
 from ._merge import ChunkAnswer
 from ._models import SegmentPropertyResult
 from ._resume import Held
-from ._sqlite import SIGNED, connect, decode_all, encode_value, from_sql, to_sql, transaction
+from ._sqlite import (
+    SIGNED,
+    UNSIGNED,
+    connect,
+    decode_all,
+    encode_value,
+    from_sql,
+    snapshot,
+    to_sql,
+    transaction,
+)
 
-__all__ = ["ResultStore", "open_store"]
+__all__ = ["Committer", "ResultStore", "open_store"]
 
 
 class ResultStore:
@@ -71,6 +82,7 @@ class ResultStore:
             raise InvalidArgumentError(
                 f"store must be a path or a ResultStore, got {type(path).__name__}"
             )
+        check_seconds("timeout", timeout)
         self.path = Path(path)
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = connect(self.path, timeout)
@@ -131,31 +143,29 @@ class ResultStore:
         (prop,) = validate_properties([property])
         proj = validate_project(project)
         ids = None if segments is None else normalize_segments(segments)
-        if materialized_timestamp is not None and (
-            isinstance(materialized_timestamp, bool) or not isinstance(materialized_timestamp, int)
-        ):
-            raise InvalidArgumentError(
-                f"materialized_timestamp must be an int or None, got {materialized_timestamp!r}"
-            )
+        if materialized_timestamp is not None:
+            _check_timestamp("materialized_timestamp", materialized_timestamp)
+        keys = None if ids is None else _keys(ids)
         with self._lock:
             db = self._open()
-            mats = self._held_materializations(db, prop, proj)
-            if materialized_timestamp is None:
-                chosen = next(
-                    (ts for ts, mat in mats if ids is None or self._holds_any(db, mat, ids)), None
-                )
-            else:
-                chosen = materialized_timestamp if materialized_timestamp in dict(mats) else None
-            rows: list[tuple[int, bytes | None]] = []
-            if chosen is not None:
-                rows = self._rows(db, dict(mats)[chosen], ids)
+            with snapshot(db, self.path):  # one consistent view, whoever writes meanwhile
+                mats = self._held(db, prop, proj)
+                if materialized_timestamp is None:
+                    chosen = next(
+                        (ts for ts, mat in mats if keys is None or self._rows(db, mat, keys, 1)),
+                        None,
+                    )
+                else:
+                    chosen = (
+                        materialized_timestamp if materialized_timestamp in dict(mats) else None
+                    )
+                rows = [] if chosen is None else self._rows(db, dict(mats)[chosen], keys)
         values = decode_all([blob for _, blob in rows])
         found = dict(zip((from_sql(s) for s, _ in rows), values, strict=True))
-        order = sorted(found) if ids is None else ids
         data: dict[int, dict[str, Any]] = {}
         missing: list[int] = []
         not_stored: list[int] = []
-        for segment in order:
+        for segment in sorted(found) if ids is None else ids:
             if segment not in found:
                 not_stored.append(segment)
             elif (value := found[segment]) is None:
@@ -180,12 +190,13 @@ class ResultStore:
         proj = validate_project(project)
         with self._lock:
             db = self._open()
-            return {
-                ts: db.execute(
-                    "SELECT COUNT(*) FROM segment_values WHERE materialization = ?", (mat,)
-                ).fetchone()[0]
-                for ts, mat in self._held_materializations(db, prop, proj)
-            }
+            with snapshot(db, self.path):
+                return {
+                    ts: db.execute(
+                        "SELECT COUNT(*) FROM segment_values WHERE materialization = ?", (mat,)
+                    ).fetchone()[0]
+                    for ts, mat in self._held(db, prop, proj)
+                }
 
     def prune(
         self,
@@ -205,87 +216,121 @@ class ResultStore:
         """
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
             raise InvalidArgumentError(f"keep must be an int >= 0, got {keep!r}")
+        if before is not None:
+            _check_timestamp("before", before)
         prop = None if property is None else validate_properties([property])[0]
         proj = None if project is None else validate_project(project)
         with self._lock:
             db = self._open()
-            groups = db.execute(
-                "SELECT id, project, property, materialized_timestamp FROM materializations "
-                "ORDER BY project, property, materialized_timestamp DESC"
-            ).fetchall()
-            seen: dict[tuple[str, str], int] = {}
-            drop: list[int] = []
-            for mat, p, name, ts in groups:
-                if (proj is not None and p != proj) or (prop is not None and name != prop):
-                    continue
-                rank = seen[(p, name)] = seen.get((p, name), 0) + 1
-                if (before is not None and ts < before) or (before is None and rank > keep):
-                    drop.append(mat)
-            dropped = 0
+            # Chosen and dropped in one write transaction: no other process's new
+            # materialization can slip in between.
             with transaction(db, self.path):
-                for mat in drop:
-                    cursor = db.execute(
-                        "DELETE FROM segment_values WHERE materialization = ?", (mat,)
-                    )
-                    dropped += cursor.rowcount
-                    db.execute("DELETE FROM materializations WHERE id = ?", (mat,))
+                groups = db.execute(
+                    "SELECT id, project, property, materialized_timestamp FROM materializations "
+                    "ORDER BY project, property, materialized_timestamp DESC"
+                ).fetchall()
+                seen: dict[tuple[str, str], int] = {}
+                dropped = 0
+                for mat, p, name, ts in groups:
+                    if (proj is not None and p != proj) or (prop is not None and name != prop):
+                        continue
+                    rank = seen[(p, name)] = seen.get((p, name), 0) + 1
+                    if (ts < before) if before is not None else (rank > keep):
+                        cursor = db.execute(
+                            "DELETE FROM segment_values WHERE materialization = ?", (mat,)
+                        )
+                        dropped += cursor.rowcount
+                        db.execute("DELETE FROM materializations WHERE id = ?", (mat,))
             return dropped
 
-    # --- what the client uses ----------------------------------------------------
-
-    def lookup(self, prop: str, project: str, ids: Sequence[int]) -> list[Held | None]:
-        """For each of ``ids``, the newest value the store holds, or ``None``: blocking."""
-        with self._lock:
-            db = self._open()
-            newest: dict[int, tuple[int, bytes | None]] = {}
-            for ts, mat in reversed(self._held_materializations(db, prop, project)):
-                for segment, blob in self._rows(db, mat, ids):
-                    newest[segment] = (ts, blob)  # oldest first: newer ones overwrite
-        if not newest or not ids:
-            return [None] * len(ids)
-        keys = [to_sql(s) for s in ids] if max(ids) >= SIGNED else ids
-        held = [newest.get(key) for key in keys]
-        values = iter(decode_all([h[1] for h in held if h is not None]))
-        return [None if h is None else (h[0], next(values)) for h in held]
-
-    async def commit(
-        self, prop: str, project: str, answer: ChunkAnswer, *, limiter: anyio.CapacityLimiter
-    ) -> None:
-        """Commit one chunk's answer in a worker thread, as one transaction.
-
-        Shielded from cancellation: an answer that arrived is written even when
-        the call is being stopped (a deadline, a fatal error, an interrupt).
-        """
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(
-                self.write,
-                prop,
-                project,
-                answer.timestamp,
-                answer.ids,
-                answer.values,
-                limiter=limiter,
-            )
+    # --- writing ---------------------------------------------------------------------
 
     def write(
+        self,
+        property: str,
+        project: str,
+        materialized_timestamp: int,
+        segments: Sequence[int],
+        values: Sequence[dict[str, Any] | None],
+    ) -> None:
+        """Store one chunk as one transaction: ``values[i]`` for ``segments[i]`` (``None``:
+        the server does not know it). Blocking; the client calls it from a worker thread.
+
+        For importing values fetched elsewhere; the client writes every chunk itself.
+        """
+        (prop,) = validate_properties([property])
+        proj = validate_project(project)
+        _check_timestamp("materialized_timestamp", materialized_timestamp)
+        if len(segments) != len(values):
+            raise InvalidArgumentError(
+                f"{len(segments)} segment(s) but {len(values)} value(s): give one value per id"
+            )
+        if segments and (min(segments) < 0 or max(segments) >= UNSIGNED):
+            raise InvalidSegmentError("segment ids must be integers in [0, 2**64)")
+        self._write(prop, proj, materialized_timestamp, segments, values)
+
+    def _write(
         self,
         prop: str,
         project: str,
         timestamp: int,
         ids: Sequence[int],
         values: Sequence[dict[str, Any] | None],
+        *,
+        server: str | None = None,
     ) -> None:
-        """Store one chunk (``values[i]`` of ``ids[i]``, ``None``: unknown): blocking."""
-        rows = [(to_sql(s), encode_value(v)) for s, v in zip(ids, values, strict=True)]
+        try:
+            rows = [(to_sql(s), encode_value(v)) for s, v in zip(ids, values, strict=True)]
+        except (TypeError, ValueError) as error:  # not JSON: a value built by hand
+            raise StoreError(
+                f"result store {str(self.path)!r}: a value cannot be stored: {error}"
+            ) from None
         with self._lock:
             db = self._open()
             with transaction(db, self.path):
+                if server is not None:
+                    self._bind(db, server)
                 mat = self._materialization_id(db, prop, project, timestamp)
                 db.executemany(
                     "INSERT OR REPLACE INTO segment_values (materialization, segment_id, value) "
                     f"VALUES ({mat}, ?, ?)",
                     rows,
                 )
+
+    # --- what the client uses ----------------------------------------------------
+
+    def _lookup(self, prop: str, project: str, ids: Sequence[int]) -> list[Held | None]:
+        """For each of ``ids``, the newest value the store holds, or ``None``: blocking.
+
+        Newest materialization first, and only the ids not found yet in the older
+        ones, so a long history costs nothing when the newest holds everything.
+        """
+        keys = _keys(ids)
+        found: dict[int, tuple[int, bytes | None]] = {}
+        with self._lock:
+            db = self._open()
+            with snapshot(db, self.path):
+                remaining = keys
+                for ts, mat in self._held(db, prop, project):
+                    rows = self._rows(db, mat, remaining)
+                    found.update((segment, (ts, blob)) for segment, blob in rows)
+                    if len(found) == len(keys):
+                        break
+                    if rows:
+                        remaining = [k for k in remaining if k not in found]
+        if not found:
+            return [None] * len(ids)
+        held = [found.get(key) for key in keys]
+        values = iter(decode_all([h[1] for h in held if h is not None]))
+        return [None if h is None else (h[0], next(values)) for h in held]
+
+    def _check_server(self, server: str) -> None:
+        """Refuse a store whose values were fetched from another server."""
+        with self._lock:
+            db = self._open()
+            row = db.execute("SELECT value FROM store_info WHERE key = 'server'").fetchone()
+        if row is not None and row[0] != server:
+            raise self._other_server(row[0], server)
 
     # --- inside ---------------------------------------------------------------------
 
@@ -294,9 +339,20 @@ class ResultStore:
             raise StoreError(f"the result store {str(self.path)!r} is closed")
         return self._db
 
-    def _held_materializations(
-        self, db: sqlite3.Connection, prop: str, project: str
-    ) -> list[tuple[int, int]]:
+    def _bind(self, db: sqlite3.Connection, server: str) -> None:
+        db.execute("INSERT OR IGNORE INTO store_info VALUES ('server', ?)", (server,))
+        (bound,) = db.execute("SELECT value FROM store_info WHERE key = 'server'").fetchone()
+        if bound != server:
+            raise self._other_server(bound, server)
+
+    def _other_server(self, bound: str, server: str) -> StoreError:
+        return StoreError(
+            f"the result store {str(self.path)!r} holds values fetched from {bound}, not "
+            f"from {server}: use one store file per server (materializations of two servers "
+            "must not mix)"
+        )
+
+    def _held(self, db: sqlite3.Connection, prop: str, project: str) -> list[tuple[int, int]]:
         """``(timestamp, id)`` of the materializations held, newest first."""
         return db.execute(
             "SELECT materialized_timestamp, id FROM materializations "
@@ -304,30 +360,20 @@ class ResultStore:
             (project, prop),
         ).fetchall()
 
-    def _holds_any(self, db: sqlite3.Connection, mat: int, ids: Sequence[int]) -> bool:
-        return bool(self._rows(db, mat, ids, limit=1))
-
     def _rows(
-        self,
-        db: sqlite3.Connection,
-        mat: int,
-        ids: Sequence[int] | None,
-        *,
-        limit: int = -1,
+        self, db: sqlite3.Connection, mat: int, keys: Sequence[int] | None, limit: int = -1
     ) -> list[tuple[int, bytes | None]]:
-        if ids is None:
-            rows = db.execute(
+        """``(id as stored, value)`` of materialization ``mat`` for ``keys`` (None: all)."""
+        if keys is None:
+            return db.execute(
                 "SELECT segment_id, value FROM segment_values WHERE materialization = ? LIMIT ?",
                 (mat, limit),
             ).fetchall()
-        else:
-            wanted = json.dumps([to_sql(s) for s in ids])
-            rows = db.execute(
-                "SELECT segment_id, value FROM segment_values WHERE materialization = ? "
-                "AND segment_id IN (SELECT value FROM json_each(?)) LIMIT ?",
-                (mat, wanted, limit),
-            ).fetchall()
-        return rows
+        return db.execute(
+            "SELECT segment_id, value FROM segment_values WHERE materialization = ? "
+            "AND segment_id IN (SELECT value FROM json_each(?)) LIMIT ?",
+            (mat, json.dumps(keys), limit),
+        ).fetchall()
 
     def _materialization_id(
         self, db: sqlite3.Connection, prop: str, project: str, timestamp: int
@@ -345,6 +391,57 @@ class ResultStore:
             key,
         ).fetchone()
         return int(mat)
+
+
+def _keys(ids: Sequence[int]) -> list[int]:
+    """The ids as SQLite stores them (signed 64-bit)."""
+    return [to_sql(s) for s in ids] if ids and max(ids) >= SIGNED else list(ids)
+
+
+def _check_timestamp(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidArgumentError(f"{name} must be an int >= 0 (UNIX seconds), got {value!r}")
+
+
+class Committer:
+    """Commits one call's answers to a store: one transaction per chunk, in a worker
+    thread, one chunk at a time (more threads would only queue on SQLite's lock).
+
+    Shielded from cancellation: an answer that arrived is written even when the call
+    is being stopped (a deadline, a fatal error, an interrupt). After a commit fails,
+    the ones queued behind it are skipped, so stopping takes one busy timeout at most,
+    not one per queued chunk; the call stops with that :class:`StoreError`, and the
+    answers stay in memory, in the error's ``result``.
+    """
+
+    def __init__(self, store: ResultStore, prop: str, project: str, server: str) -> None:
+        self._store = store
+        self._prop = prop
+        self._project = project
+        self._server = server
+        self._limiter = anyio.CapacityLimiter(1)
+        self._failed = False
+
+    async def __call__(self, answer: ChunkAnswer) -> None:
+        if self._failed:
+            return
+        with anyio.CancelScope(shield=True):
+            try:
+                await anyio.to_thread.run_sync(self._write, answer, limiter=self._limiter)
+            except StoreError:
+                self._failed = True
+                raise
+
+    def _write(self, answer: ChunkAnswer) -> None:
+        if not self._failed:  # queued behind a commit that failed: skipped
+            self._store._write(
+                self._prop,
+                self._project,
+                answer.timestamp,
+                answer.ids,
+                answer.values,
+                server=self._server,
+            )
 
 
 def open_store(

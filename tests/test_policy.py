@@ -21,6 +21,7 @@ from braincircuits_async._policy import (
     Verdict,
     failure_reasons,
     judge_timestamp,
+    refetch_target,
     settle,
     split_decision,
     stale_slices,
@@ -332,6 +333,33 @@ def test_settle_raises_the_chunks_own_error_when_nothing_was_fetched(props: list
     with pytest.raises(bca.RateLimitError) as excinfo:
         settle_all(outcomes)
     assert excinfo.value is errors[0]
+
+
+# refetch_target: the server decides, not the store
+
+
+def stored(start: int, end: int, timestamp: int) -> ChunkAnswer:
+    fetched = answer(start, end, timestamp)
+    return ChunkAnswer(start, end, timestamp, fetched.ids, fetched.values, stored=True)
+
+
+@pytest.mark.parametrize(
+    ("answers", "target"),
+    [
+        ([], None),
+        ([answer(0, 5, REF), answer(5, 10, OLD)], REF),
+        # A store newer than what the server answers is stale, not the target.
+        ([answer(0, 5, REF), stored(5, 10, NEW)], REF),
+        ([stored(0, 5, OLD), answer(5, 10, REF)], REF),
+        ([answer(0, 5, OLD), answer(5, 8, NEW), stored(8, 10, REF)], NEW),
+        # Nothing fetched (every request failed): the newest stored one.
+        ([stored(0, 5, OLD), stored(5, 10, REF)], REF),
+    ],
+)
+def test_refetch_target_is_the_newest_materialization_fetched(
+    answers: list[ChunkAnswer], target: int | None
+) -> None:
+    assert refetch_target(answers) == target
 
 
 # with_partial: what a fatal error carries

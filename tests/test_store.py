@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import braincircuits_async as bca
+from braincircuits_async import _store
 from braincircuits_async._sqlite import encode_value
 
 PROJECT = "fruitfly_fafb_flywire"
@@ -92,7 +93,68 @@ def test_ids_above_2_63_and_exotic_values_come_back_exactly(store: bca.ResultSto
     store.write("link_pre", PROJECT, T0, big, values)
     result = store.read("link_pre", big, project=PROJECT)
     assert list(result.items()) == list(zip(big, values, strict=True))
-    assert store.lookup("link_pre", PROJECT, big) == [(T0, v) for v in values]
+    assert store._lookup("link_pre", PROJECT, big) == [(T0, v) for v in values]
+
+
+def test_a_lone_surrogate_in_a_string_is_stored_exactly(store: bca.ResultStore) -> None:
+    value = {"s": "\ud800 and \udfff", "t": "ok"}  # valid JSON, not valid UTF-8
+    store.write("link_pre", PROJECT, T0, [1], [value])
+    assert store.read("link_pre", [1], project=PROJECT)[1] == value
+
+
+def test_a_value_that_is_not_json_is_a_store_error(store: bca.ResultStore) -> None:
+    with pytest.raises(bca.StoreError, match="cannot be stored"):
+        store.write("link_pre", PROJECT, T0, [1], [{"x": object()}])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("link_pre", PROJECT, -1, [1], [None]), "materialized_timestamp"),
+        (("link_pre", PROJECT, T0, [1, 2], [None]), "one value per id"),
+        (("link_pre", PROJECT, T0, [2**64], [None]), r"\[0, 2\*\*64\)"),
+        (("link_pre", PROJECT, T0, [-1], [None]), r"\[0, 2\*\*64\)"),
+        (("link pre", PROJECT, T0, [1], [None]), "property"),
+    ],
+)
+def test_write_checks_its_arguments(
+    store: bca.ResultStore, args: tuple[Any, ...], message: str
+) -> None:
+    with pytest.raises(bca.InvalidArgumentError, match=message):
+        store.write(*args)
+    assert store.materializations("link_pre", project=PROJECT) == {}
+
+
+def test_a_read_is_one_snapshot_whatever_another_process_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "store.sqlite"
+    reader, other = bca.ResultStore(path), bca.ResultStore(path)
+    fill(other, [1], T0)
+    fill(other, [1], T1)
+    held = _store.ResultStore._held
+
+    def held_then_another_process_prunes(self: Any, *args: Any) -> Any:
+        chosen = held(self, *args)
+        if self is reader:  # between the read's statements, another process rewrites it
+            other.prune(keep=0)
+            other.write("size", PROJECT, T1, [1], [{"size": 654321}])
+        return chosen
+
+    monkeypatch.setattr(_store.ResultStore, "_held", held_then_another_process_prunes)
+    try:
+        result = reader.read("link_pre", [1], project=PROJECT)
+    finally:
+        reader.close()
+        other.close()
+    assert dict(result) == {1: value(1, T1)}  # the view the read started with
+
+
+def test_timeout_and_before_are_checked(store: bca.ResultStore, tmp_path: Path) -> None:
+    with pytest.raises(bca.InvalidArgumentError, match="timeout"):
+        bca.ResultStore(tmp_path / "other.sqlite", timeout=-1)
+    with pytest.raises(bca.InvalidArgumentError, match="before"):
+        store.prune(before="yesterday")  # type: ignore[arg-type]
 
 
 def test_encoding_never_turns_a_value_into_null() -> None:
@@ -105,7 +167,7 @@ def test_encoding_never_turns_a_value_into_null() -> None:
 def test_lookup_gives_each_id_its_newest_value(store: bca.ResultStore) -> None:
     fill(store, [1, 2], T0)
     fill(store, [2], T1, unknown=frozenset({2}))
-    assert store.lookup("link_pre", PROJECT, [2, 3, 1]) == [(T1, None), None, (T0, value(1, T0))]
+    assert store._lookup("link_pre", PROJECT, [2, 3, 1]) == [(T1, None), None, (T0, value(1, T0))]
 
 
 def test_materializations_counts_each_one_newest_first(store: bca.ResultStore) -> None:

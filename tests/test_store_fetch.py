@@ -135,11 +135,13 @@ async def test_a_401_mid_run_keeps_every_chunk_and_the_rerun_sends_only_the_rest
     async with server.client(store=store_path) as client:
         with pytest.raises(bca.AuthenticationError) as caught:
             await client.fetch_property("link_pre", IDS)
+        arrived = client.stats.segments
     partial = caught.value.result
     assert partial is not None
     assert caught.value.results == {"link_pre": partial}
-    # Every chunk that succeeded is in the error, value for value, in request order.
-    assert 0 < len(partial) + len(partial.missing) <= 15 * 100
+    # Every chunk that succeeded is in the error, value for value, in request order,
+    # those whose commit was still queued when the 401 came included.
+    assert len(partial) + len(partial.missing) == arrived == 15 * 100
     assert dict(partial) == {s: plain[s] for s in partial}
     assert list(partial) == [s for s in plain if s in partial]
     # ... and in the store.
@@ -163,12 +165,13 @@ async def test_a_401_without_a_store_still_carries_what_was_fetched(server: Serv
     async with server.client() as client:
         with pytest.raises(bca.AuthenticationError) as caught:
             await client.fetch_properties(["link_pre", "size"], IDS)
+        arrived = client.stats.segments
     assert set(caught.value.results) == {"link_pre", "size"}
     partial = caught.value.results["link_pre"]
     assert caught.value.result is partial
     assert dict(partial) == {s: plain[s] for s in partial}
     fetched = sum(len(r) + len(r.missing) for r in caught.value.results.values())
-    assert 0 < fetched <= 10 * 100
+    assert fetched == arrived == 10 * 100
 
 
 async def test_a_rerun_with_everything_stored_sends_one_request(
@@ -326,13 +329,13 @@ async def test_commits_run_in_a_worker_thread(
     server: Server, store_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     threads: list[threading.Thread] = []
-    write = _store.ResultStore.write
+    write = _store.ResultStore._write
 
-    def spy(self: bca.ResultStore, *args: Any) -> None:
+    def spy(self: bca.ResultStore, *args: Any, **kwargs: Any) -> None:
         threads.append(threading.current_thread())
-        write(self, *args)
+        write(self, *args, **kwargs)
 
-    monkeypatch.setattr(_store.ResultStore, "write", spy)
+    monkeypatch.setattr(_store.ResultStore, "_write", spy)
     async with server.client(store=store_path) as client:
         await client.fetch_property("link_pre", IDS)
     assert len(threads) == 40  # one transaction per chunk
@@ -343,21 +346,25 @@ async def test_a_store_that_cannot_be_written_stops_the_fetch_with_what_was_fetc
     server: Server, store_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     writes = 0
-    write = _store.ResultStore.write
+    write = _store.ResultStore._write
 
-    def full_disk(self: bca.ResultStore, *args: Any) -> None:
+    def full_disk(self: bca.ResultStore, *args: Any, **kwargs: Any) -> None:
         nonlocal writes
         writes += 1
         if writes > 5:
             raise bca.StoreError("result store: could not write: database or disk is full")
-        write(self, *args)
+        write(self, *args, **kwargs)
 
-    monkeypatch.setattr(_store.ResultStore, "write", full_disk)
+    monkeypatch.setattr(_store.ResultStore, "_write", full_disk)
     async with server.client(store=store_path) as client:
         with pytest.raises(bca.StoreError, match="disk is full") as caught:
             await client.fetch_property("link_pre", IDS)
-    assert caught.value.result is not None
-    assert len(caught.value.result) + len(caught.value.result.missing) >= 500
+        arrived = client.stats.segments
+    kept = caught.value.result
+    assert kept is not None
+    # Every answer that arrived is in the error, the ones the store refused included.
+    assert len(kept) + len(kept.missing) == arrived > 500
+    assert writes == 6  # the commits queued behind the failed one were skipped
 
 
 def test_a_store_path_that_is_not_a_store_fails_before_any_request(tmp_path: Path) -> None:
@@ -425,3 +432,43 @@ async def test_a_stream_refetches_stale_stored_chunks_and_counts_each_segment_on
     assert len(streamed) + len(missing) == len(IDS)
     assert done[-1] == len(IDS)
     assert done == sorted(done)
+
+
+async def test_the_servers_materialization_decides_not_the_stores(
+    server: Server, store_path: Path
+) -> None:
+    # The store holds a newer materialization than the server now serves (a dataset
+    # rolled back, another deployment): the server's values win, as without a store.
+    plain = await plain_result(server)
+    async with server.client(store=store_path) as client:
+        server.fake.rollover()
+        await client.fetch_property("link_pre", IDS[:2000])
+        server.fake.reset()  # back to the first materialization
+        result = await client.fetch_property("link_pre", IDS)
+    assert result == plain
+
+
+async def test_strict_mode_says_the_store_holds_another_materialization(
+    server: Server, store_path: Path
+) -> None:
+    async with server.client(store=store_path, consistency="strict") as client:
+        await client.fetch_property("link_pre", IDS[:500])
+        server.fake.rollover()
+        with pytest.raises(bca.InconsistentMaterializationError, match=r"store\.prune"):
+            await client.fetch_property("link_pre", IDS[:500])
+
+
+async def test_one_store_file_per_server(tmp_path: Path, store_path: Path) -> None:
+    fake = FakeBrainCircuits()
+    settings: dict[str, Any] = {
+        "token": fake.token,
+        "cave_token": fake.cave_token,
+        "project": PROJECT,
+        "transport": httpx.ASGITransport(app=fake),
+    }
+    async with bca.AsyncClient(base_url="http://practice.test", store=store_path, **settings) as c:
+        await c.fetch_property("link_pre", IDS[:10])
+    with pytest.raises(bca.StoreError, match=r"holds values fetched from http://practice\.test"):
+        bca.AsyncClient(base_url="http://production.test", store=store_path, **settings)
+    with bca.ResultStore(store_path) as store:  # reading offline needs no server
+        assert len(store.read("link_pre", IDS[:10], project=PROJECT).not_stored) == 0
