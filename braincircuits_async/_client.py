@@ -330,6 +330,7 @@ class AsyncClient:
         """
         props, proj, ids = self._prepare(properties, segments, project)
         limit = self._deadline(deadline)
+        started = anyio.current_time()  # the deadline counts the store's lookup too
         if not ids:
             return {p: _empty(p, proj) for p in props}
         # The targets first: a missing token must fail before a progress bar is drawn.
@@ -351,7 +352,7 @@ class AsyncClient:
                 )
                 for i, target in enumerate(targets)
             ]
-            return await self._fetch(calls, limit)
+            return await self._fetch(calls, limit, started)
         finally:
             close_reporter(reporter)
 
@@ -410,9 +411,10 @@ class AsyncClient:
         reporter = make_reporter(progress, len(ids), prop)
 
         async def run() -> None:
+            started = anyio.current_time()
             plan = await self._plan(target, ids)
             call = self._call(target, plan, Reference(), reporter=reporter, sink=producer.put)
-            await self._fetch([call], limit, streaming=True)
+            await self._fetch([call], limit, started, streaming=True)
 
         self._tasks.start_soon(producer.run, run, lambda: close_reporter(reporter))
         return stream
@@ -420,17 +422,24 @@ class AsyncClient:
     # --- the one orchestration -------------------------------------------------------
 
     async def _fetch(
-        self, calls: Sequence[Call], deadline: float | None, *, streaming: bool = False
+        self,
+        calls: Sequence[Call],
+        deadline: float | None,
+        started: float,
+        *,
+        streaming: bool = False,
     ) -> dict[str, SegmentPropertyResult]:
         """Run ``calls`` to the end and settle them: the path of every fetch.
 
         The first pass fetches every chunk; with ``consistency="refetch"``, rounds
         re-fetch the chunks older than the newest materialization seen across all
         calls (a stream keeps no answers, so it has no rounds: it re-fetches as it
-        goes). A deadline cancels whatever is in flight and records what it cut off.
+        goes). A deadline (counted from ``started``) cancels whatever is in flight and
+        records what it cut off.
         """
         config = self._config
-        with anyio.move_on_after(math.inf if deadline is None else deadline) as scope:
+        left = math.inf if deadline is None else deadline - (anyio.current_time() - started)
+        with anyio.move_on_after(max(left, 0.0)) as scope:
             try:
                 await run_all([functools.partial(c.fetch, c.first_pass) for c in calls])
                 if streaming:

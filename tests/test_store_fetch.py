@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -472,3 +473,20 @@ async def test_one_store_file_per_server(tmp_path: Path, store_path: Path) -> No
         bca.AsyncClient(base_url="http://production.test", store=store_path, **settings)
     with bca.ResultStore(store_path) as store:  # reading offline needs no server
         assert len(store.read("link_pre", IDS[:10], project=PROJECT).not_stored) == 0
+
+
+async def test_the_deadline_counts_the_time_the_lookup_took(
+    server: Server, store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lookup = _store.ResultStore._lookup
+
+    def slow_disk(self: bca.ResultStore, *args: Any) -> Any:
+        time.sleep(0.2)
+        return lookup(self, *args)
+
+    monkeypatch.setattr(_store.ResultStore, "_lookup", slow_disk)
+    async with server.client(store=store_path) as client:
+        with pytest.raises(bca.IncompleteResultError) as caught:
+            await client.fetch_property("link_pre", IDS, deadline=0.1)
+    assert len(caught.value.failures) == len(IDS)
+    assert server.fake.log.requests == 0  # the deadline had passed before any request
