@@ -61,7 +61,7 @@ from ._progress import CombinedProgress, ProgressArg, Reporter, close_reporter, 
 from ._resume import Held, Plan, plan_call
 from ._scheduler import Call, Reference, Sink, StrictStop, run_all
 from ._stats import ClientStats
-from ._store import Committer, ResultStore, open_store
+from ._store import Committer, Loader, ResultStore, open_store
 from ._stream import PropertyStream
 from ._transport import Credentials, check_base_url
 from ._wire import Target, Wire
@@ -412,7 +412,7 @@ class AsyncClient:
 
         async def run() -> None:
             started = anyio.current_time()
-            plan = await self._plan(target, ids)
+            plan = await self._plan(target, ids, values=False)  # memory: values as handed on
             call = self._call(target, plan, Reference(), reporter=reporter, sink=producer.put)
             await self._fetch([call], limit, started, streaming=True)
 
@@ -502,8 +502,12 @@ class AsyncClient:
                 self.stats.refetches += len(slices)
             await run_all([functools.partial(c.refetch, s) for c, s in stale])
 
-    async def _plan(self, target: Target, ids: list[int]) -> Plan:
-        """What to fetch: every chunk, or with a store only what it does not hold."""
+    async def _plan(self, target: Target, ids: list[int], *, values: bool = True) -> Plan:
+        """What to fetch: every chunk, or with a store only what it does not hold.
+
+        ``values=False`` (streams) plans with the stored timestamps only; the values
+        are read chunk by chunk as they are handed on.
+        """
         store = self._store
         chunk_size = self._config.chunk_size
         if store is None:
@@ -514,7 +518,13 @@ class AsyncClient:
         held: list[Held | None] = []
         for start in range(0, len(ids), LOOKUP_BATCH):
             held += await anyio.to_thread.run_sync(
-                store._lookup, target.prop, target.project, ids[start : start + LOOKUP_BATCH]
+                functools.partial(
+                    store._lookup,
+                    target.prop,
+                    target.project,
+                    ids[start : start + LOOKUP_BATCH],
+                    values=values,
+                )
             )
         plan = await anyio.to_thread.run_sync(plan_call, ids, held, chunk_size)
         stored = sum(a.end - a.start for a in plan.stored)
@@ -546,6 +556,11 @@ class AsyncClient:
             reporter=reporter,
             sink=sink,
             record=record,
+            load_stored=(
+                None
+                if store is None or sink is None
+                else Loader(store, target.prop, target.project)
+            ),
         )
 
     # --- before any request -----------------------------------------------------------

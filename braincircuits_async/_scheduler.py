@@ -40,7 +40,7 @@ from ._retry import call_with_retry, is_fatal
 from ._stats import ClientStats
 from ._wire import Target, Wire
 
-__all__ = ["Call", "Record", "Reference", "Sink", "StrictStop", "run_all"]
+__all__ = ["Call", "Load", "Record", "Reference", "Sink", "StrictStop", "run_all"]
 
 logger = logging.getLogger("braincircuits_async")
 
@@ -48,6 +48,8 @@ logger = logging.getLogger("braincircuits_async")
 Sink = Callable[[SegmentPropertyResult], Awaitable[None]]
 #: Where every answer from the network is committed as it arrives (a result store).
 Record = Callable[[ChunkAnswer], Awaitable[None]]
+#: Reads a stored chunk's values (None: no longer held), for a stream's bounded memory.
+Load = Callable[[ChunkAnswer], Awaitable["ChunkAnswer | None"]]
 
 
 class StrictStop(Exception):
@@ -93,6 +95,7 @@ class Call:
         reporter: Reporter | None = None,
         sink: Sink | None = None,
         record: Record | None = None,
+        load_stored: Load | None = None,
     ) -> None:
         self.wire = wire
         self.target = target
@@ -106,6 +109,7 @@ class Call:
         self.reporter = reporter
         self.sink = sink
         self.record = record
+        self.load_stored = load_stored
         self._stored = plan.stored if sink is not None else []
         #: start -> answer of each slice kept (not in a stream: those are handed on).
         self.answers: dict[int, ChunkAnswer] = (
@@ -180,10 +184,16 @@ class Call:
                 again.append((answer.start, answer.end))
             elif verdict is Verdict.STOP:
                 raise self._disagreement(answer, why)
+            elif (loaded := await self._load(answer)) is None:
+                again.append((answer.start, answer.end))  # pruned meanwhile: fetch it
             else:
-                await self._hand_on(answer)
+                await self._hand_on(loaded)
                 self._report(answer.end - answer.start)
         return again
+
+    async def _load(self, answer: ChunkAnswer) -> ChunkAnswer | None:
+        """A stored chunk with its values: a stream's plan holds only the timestamps."""
+        return answer if self.load_stored is None else await self.load_stored(answer)
 
     def deadline_passed(self, seconds: float) -> None:
         """Record every slice not fetched in time as failed because of the deadline."""

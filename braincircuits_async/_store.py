@@ -20,6 +20,7 @@ on reading.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
@@ -50,7 +51,7 @@ from ._sqlite import (
     transaction,
 )
 
-__all__ = ["Committer", "ResultStore", "open_store"]
+__all__ = ["Committer", "Loader", "ResultStore", "open_store"]
 
 
 class ResultStore:
@@ -299,11 +300,15 @@ class ResultStore:
 
     # --- what the client uses ----------------------------------------------------
 
-    def _lookup(self, prop: str, project: str, ids: Sequence[int]) -> list[Held | None]:
+    def _lookup(
+        self, prop: str, project: str, ids: Sequence[int], *, values: bool = True
+    ) -> list[Held | None]:
         """For each of ``ids``, the newest value the store holds, or ``None``: blocking.
 
         Newest materialization first, and only the ids not found yet in the older
         ones, so a long history costs nothing when the newest holds everything.
+        ``values=False`` leaves the values out (``None``): a stream reads them chunk
+        by chunk (:meth:`_values`), so its memory stays bounded.
         """
         keys = _keys(ids)
         found: dict[int, tuple[int, bytes | None]] = {}
@@ -321,8 +326,25 @@ class ResultStore:
         if not found:
             return [None] * len(ids)
         held = [found.get(key) for key in keys]
-        values = iter(decode_all([h[1] for h in held if h is not None]))
-        return [None if h is None else (h[0], next(values)) for h in held]
+        if not values:
+            return [None if h is None else (h[0], None) for h in held]
+        decoded = iter(decode_all([h[1] for h in held if h is not None]))
+        return [None if h is None else (h[0], next(decoded)) for h in held]
+
+    def _values(
+        self, prop: str, project: str, timestamp: int, ids: Sequence[int]
+    ) -> list[dict[str, Any] | None] | None:
+        """The values of ``ids`` in one materialization (None: not all held any more)."""
+        keys = _keys(ids)
+        with self._lock:
+            db = self._open()
+            with snapshot(db, self.path):
+                mat = dict(self._held(db, prop, project)).get(timestamp)
+                rows = [] if mat is None else self._rows(db, mat, keys)
+        if len(rows) != len(keys):
+            return None
+        found = dict(zip((s for s, _ in rows), decode_all([b for _, b in rows]), strict=True))
+        return [found[key] for key in keys]
 
     def _check_server(self, server: str) -> None:
         """Refuse a store whose values were fetched from another server."""
@@ -442,6 +464,21 @@ class Committer:
                 answer.values,
                 server=self._server,
             )
+
+
+class Loader:
+    """Reads a stream's stored chunks, one at a time, in a worker thread."""
+
+    def __init__(self, store: ResultStore, prop: str, project: str) -> None:
+        self._store = store
+        self._prop = prop
+        self._project = project
+
+    async def __call__(self, answer: ChunkAnswer) -> ChunkAnswer | None:
+        values = await anyio.to_thread.run_sync(
+            self._store._values, self._prop, self._project, answer.timestamp, answer.ids
+        )
+        return None if values is None else dataclasses.replace(answer, values=values)
 
 
 def open_store(

@@ -480,9 +480,9 @@ async def test_the_deadline_counts_the_time_the_lookup_took(
 ) -> None:
     lookup = _store.ResultStore._lookup
 
-    def slow_disk(self: bca.ResultStore, *args: Any) -> Any:
+    def slow_disk(self: bca.ResultStore, *args: Any, **kwargs: Any) -> Any:
         time.sleep(0.2)
-        return lookup(self, *args)
+        return lookup(self, *args, **kwargs)
 
     monkeypatch.setattr(_store.ResultStore, "_lookup", slow_disk)
     async with server.client(store=store_path) as client:
@@ -490,3 +490,33 @@ async def test_the_deadline_counts_the_time_the_lookup_took(
             await client.fetch_property("link_pre", IDS, deadline=0.1)
     assert len(caught.value.failures) == len(IDS)
     assert server.fake.log.requests == 0  # the deadline had passed before any request
+
+
+async def test_a_stream_reads_stored_values_chunk_by_chunk(
+    server: Server, store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    looked_up: list[bool] = []
+    loaded: list[int] = []
+    lookup, values = _store.ResultStore._lookup, _store.ResultStore._values
+
+    def spy_lookup(self: bca.ResultStore, *args: Any, values: bool = True) -> Any:
+        looked_up.append(values)
+        return lookup(self, *args, values=values)
+
+    def spy_values(self: bca.ResultStore, *args: Any) -> Any:
+        loaded.append(len(args[-1]))
+        # The first stored chunk was pruned by another process meanwhile: fetched again.
+        return None if len(loaded) == 1 else values(self, *args)
+
+    async with server.client(store=store_path) as client:
+        await client.fetch_property("link_pre", IDS)
+        monkeypatch.setattr(_store.ResultStore, "_lookup", spy_lookup)
+        monkeypatch.setattr(_store.ResultStore, "_values", spy_values)
+        server.fake.log.reset()
+        streamed: dict[int, Any] = {}
+        async for part in client.iter_property("link_pre", IDS):
+            streamed.update(part)
+    assert looked_up == [False]  # the plan holds timestamps only, not 4000 values
+    assert max(loaded) <= 100  # values read one chunk at a time
+    assert streamed == server.expected(IDS)
+    assert server.segments_requested() == 1 + loaded[0]  # the probe, the pruned chunk
