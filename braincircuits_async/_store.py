@@ -40,10 +40,12 @@ from ._merge import ChunkAnswer
 from ._models import SegmentPropertyResult
 from ._resume import Held
 from ._sqlite import (
+    INSERT_CHUNK,
     SIGNED,
     UNSIGNED,
     connect,
     decode_all,
+    encode_chunk,
     encode_value,
     from_sql,
     snapshot,
@@ -280,23 +282,30 @@ class ResultStore:
         *,
         server: str | None = None,
     ) -> None:
-        try:
-            rows = [(to_sql(s), encode_value(v)) for s, v in zip(ids, values, strict=True)]
-        except (TypeError, ValueError) as error:  # not JSON: a value built by hand
-            raise StoreError(
-                f"result store {str(self.path)!r}: a value cannot be stored: {error}"
-            ) from None
+        keys = _keys(ids)
+        chunk = encode_chunk(keys, values)
+        rows: list[tuple[int, bytes | None]] = []
+        if chunk is None:  # the exact path, one value at a time
+            try:
+                rows = [(key, encode_value(v)) for key, v in zip(keys, values, strict=True)]
+            except (TypeError, ValueError) as error:  # not JSON: a value built by hand
+                raise StoreError(
+                    f"result store {str(self.path)!r}: a value cannot be stored: {error}"
+                ) from None
         with self._lock:
             db = self._open()
             with transaction(db, self.path):
                 if server is not None:
                     self._bind(db, server)
                 mat = self._materialization_id(db, prop, project, timestamp)
-                db.executemany(
-                    "INSERT OR REPLACE INTO segment_values (materialization, segment_id, value) "
-                    f"VALUES ({mat}, ?, ?)",
-                    rows,
-                )
+                if chunk is not None:
+                    db.execute(INSERT_CHUNK, (mat, chunk))
+                else:
+                    db.executemany(
+                        "INSERT OR REPLACE INTO segment_values "
+                        f"(materialization, segment_id, value) VALUES ({mat}, ?, ?)",
+                        rows,
+                    )
 
     # --- what the client uses ----------------------------------------------------
 

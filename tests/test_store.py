@@ -157,6 +157,24 @@ def test_timeout_and_before_are_checked(store: bca.ResultStore, tmp_path: Path) 
         store.prune(before="yesterday")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    "values",
+    [
+        [{"n": 1}, None, {"s": "ünï \\ \"q\"", "l": [1.5, -0.0, 10**19]}],  # one statement
+        [{"n": None}, None, {"nan": math.nan}],  # nulls in values: one row at a time
+    ],
+)
+def test_both_ways_of_writing_a_chunk_read_back_exactly(
+    store: bca.ResultStore, values: list[dict[str, Any] | None]
+) -> None:
+    ids = [2**64 - 1, 5, 2**63]
+    store.write("link_pre", PROJECT, T0, ids, values)
+    result = store.read("link_pre", ids, project=PROJECT)
+    got = [result.get(s) for s in ids]
+    assert repr(got) == repr(values)  # repr: NaN != NaN, and -0.0 == 0.0 otherwise
+    assert result.missing == (5,)
+
+
 def test_encoding_never_turns_a_value_into_null() -> None:
     nan = encode_value({"v": math.nan})
     assert nan is not None
