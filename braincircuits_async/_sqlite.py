@@ -73,28 +73,30 @@ def encode_value(value: dict[str, Any] | None) -> bytes | None:
 
 
 def encode_chunk(keys: Sequence[int], values: Sequence[dict[str, Any] | None]) -> bytes | None:
-    """``[[id, value], ...]`` as one JSON text for :data:`INSERT_CHUNK`, or ``None`` when
-    the exact per-value path is needed.
+    """The chunk as one JSON text for :data:`INSERT_CHUNK`, or ``None`` when the exact
+    per-value path is needed.
 
-    One orjson call for the whole chunk, and SQLite then inserts it in one statement
-    (without the GIL), instead of binding and stepping each row from Python. Exact only
-    if orjson wrote no ``null`` but those of the unknown ids (it writes NaN and
-    infinities as ``null``) and took every integer; otherwise ``None``.
+    ``[[id, value], ...]``, with ``[id]`` for an id the server does not know: one
+    orjson call for the whole chunk, and SQLite then inserts it in one statement
+    (without the GIL) instead of binding and stepping each row from Python. Exact only
+    if orjson wrote no ``null`` at all (it writes NaN and infinities as ``null``) and
+    took every integer; otherwise ``None``.
     """
     if _dumps_fast is None:
         return None
     try:
-        encoded: bytes = _dumps_fast(list(zip(keys, values, strict=True)))
+        pairs = [(k,) if v is None else (k, v) for k, v in zip(keys, values, strict=True)]
+        encoded: bytes = _dumps_fast(pairs)
     except TypeError:
         return None
-    return encoded if encoded.count(b"null") == values.count(None) else None
+    return None if b"null" in encoded else encoded
 
 
-#: Inserts a chunk encoded by :func:`encode_chunk` (parameters: materialization, JSON).
+#: Inserts a chunk encoded by :func:`encode_chunk` (parameters: materialization, JSON);
+#: ``p.value -> 1`` is SQL NULL for a one-element ``[id]``: an unknown id.
 INSERT_CHUNK = (
     "INSERT OR REPLACE INTO segment_values (materialization, segment_id, value) "
-    "SELECT ?, p.value ->> 0, CASE WHEN json_type(p.value, '$[1]') = 'null' THEN NULL "
-    "ELSE CAST(p.value -> 1 AS BLOB) END FROM json_each(?) AS p"
+    "SELECT ?, p.value ->> 0, CAST(p.value -> 1 AS BLOB) FROM json_each(?) AS p"
 )
 
 
