@@ -58,10 +58,11 @@ from ._exceptions import BrainCircuitsError, ClientClosedError
 from ._models import SegmentPropertyResult
 from ._policy import refetch_target, settle, stale_slices, with_partial
 from ._progress import CombinedProgress, ProgressArg, Reporter, close_reporter, make_reporter
+from ._recording import Committer, Loader
 from ._resume import Held, Plan, plan_call
 from ._scheduler import Call, Reference, Sink, StrictStop, run_all
 from ._stats import ClientStats
-from ._store import Committer, Loader, ResultStore, open_store
+from ._store import ResultStore, open_store
 from ._stream import PropertyStream
 from ._transport import Credentials, check_base_url
 from ._wire import Target, Wire

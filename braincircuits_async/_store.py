@@ -20,7 +20,6 @@ on reading.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sqlite3
@@ -30,13 +29,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import anyio
-import anyio.to_thread
-
 from ._chunking import normalize_segments, validate_project, validate_properties
 from ._config import check_seconds
 from ._exceptions import InvalidArgumentError, InvalidSegmentError, StoreError
-from ._merge import ChunkAnswer
 from ._models import SegmentPropertyResult
 from ._resume import Held
 from ._sqlite import (
@@ -53,7 +48,7 @@ from ._sqlite import (
     transaction,
 )
 
-__all__ = ["Committer", "Loader", "ResultStore", "open_store"]
+__all__ = ["ResultStore", "open_store"]
 
 
 class ResultStore:
@@ -432,62 +427,6 @@ def _keys(ids: Sequence[int]) -> list[int]:
 def _check_timestamp(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidArgumentError(f"{name} must be an int >= 0 (UNIX seconds), got {value!r}")
-
-
-class Committer:
-    """Commits one call's answers to a store: one transaction per chunk, in a worker
-    thread, one chunk at a time (more threads would only queue on SQLite's lock).
-
-    Shielded from cancellation: an answer that arrived is written even when the call
-    is being stopped (a deadline, a fatal error, an interrupt). After a commit fails,
-    the ones queued behind it are skipped, so stopping takes one busy timeout at most,
-    not one per queued chunk; the call stops with that :class:`StoreError`, and the
-    answers stay in memory, in the error's ``result``.
-    """
-
-    def __init__(self, store: ResultStore, prop: str, project: str, server: str) -> None:
-        self._store = store
-        self._prop = prop
-        self._project = project
-        self._server = server
-        self._limiter = anyio.CapacityLimiter(1)
-        self._failed = False
-
-    async def __call__(self, answer: ChunkAnswer) -> None:
-        if self._failed:
-            return
-        with anyio.CancelScope(shield=True):
-            try:
-                await anyio.to_thread.run_sync(self._write, answer, limiter=self._limiter)
-            except StoreError:
-                self._failed = True
-                raise
-
-    def _write(self, answer: ChunkAnswer) -> None:
-        if not self._failed:  # queued behind a commit that failed: skipped
-            self._store._write(
-                self._prop,
-                self._project,
-                answer.timestamp,
-                answer.ids,
-                answer.values,
-                server=self._server,
-            )
-
-
-class Loader:
-    """Reads a stream's stored chunks, one at a time, in a worker thread."""
-
-    def __init__(self, store: ResultStore, prop: str, project: str) -> None:
-        self._store = store
-        self._prop = prop
-        self._project = project
-
-    async def __call__(self, answer: ChunkAnswer) -> ChunkAnswer | None:
-        values = await anyio.to_thread.run_sync(
-            self._store._values, self._prop, self._project, answer.timestamp, answer.ids
-        )
-        return None if values is None else dataclasses.replace(answer, values=values)
 
 
 def open_store(

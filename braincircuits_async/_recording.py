@@ -1,0 +1,73 @@
+"""The store during a fetch: commits as answers arrive, stored chunks read as handed on.
+
+Both run the store's blocking calls in worker threads, never in the event loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import anyio
+import anyio.to_thread
+
+from ._exceptions import StoreError
+from ._merge import ChunkAnswer
+from ._store import ResultStore
+
+__all__ = ["Committer", "Loader"]
+
+
+class Committer:
+    """Commits one call's answers to a store: one transaction per chunk, in a worker
+    thread, one chunk at a time (more threads would only queue on SQLite's lock).
+
+    Shielded from cancellation: an answer that arrived is written even when the call
+    is being stopped (a deadline, a fatal error, an interrupt). After a commit fails,
+    the ones queued behind it are skipped, so stopping takes one busy timeout at most,
+    not one per queued chunk; the call stops with that :class:`StoreError`, and the
+    answers stay in memory, in the error's ``result``.
+    """
+
+    def __init__(self, store: ResultStore, prop: str, project: str, server: str) -> None:
+        self._store = store
+        self._prop = prop
+        self._project = project
+        self._server = server
+        self._limiter = anyio.CapacityLimiter(1)
+        self._failed = False
+
+    async def __call__(self, answer: ChunkAnswer) -> None:
+        if self._failed:
+            return
+        with anyio.CancelScope(shield=True):
+            try:
+                await anyio.to_thread.run_sync(self._write, answer, limiter=self._limiter)
+            except StoreError:
+                self._failed = True
+                raise
+
+    def _write(self, answer: ChunkAnswer) -> None:
+        if not self._failed:  # queued behind a commit that failed: skipped
+            self._store._write(
+                self._prop,
+                self._project,
+                answer.timestamp,
+                answer.ids,
+                answer.values,
+                server=self._server,
+            )
+
+
+class Loader:
+    """Reads a stream's stored chunks, one at a time, in a worker thread."""
+
+    def __init__(self, store: ResultStore, prop: str, project: str) -> None:
+        self._store = store
+        self._prop = prop
+        self._project = project
+
+    async def __call__(self, answer: ChunkAnswer) -> ChunkAnswer | None:
+        values = await anyio.to_thread.run_sync(
+            self._store._values, self._prop, self._project, answer.timestamp, answer.ids
+        )
+        return None if values is None else dataclasses.replace(answer, values=values)
