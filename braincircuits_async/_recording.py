@@ -5,6 +5,7 @@ Both run the store's blocking calls in worker threads, never in the event loop.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 
 import anyio
@@ -19,13 +20,15 @@ __all__ = ["Committer", "Loader"]
 
 class Committer:
     """Commits one call's answers to a store: one transaction per chunk, in a worker
-    thread, one chunk at a time (more threads would only queue on SQLite's lock).
+    thread, one writer at a time (more threads would only queue on SQLite's lock).
 
-    Shielded from cancellation: an answer that arrived is written even when the call
-    is being stopped (a deadline, a fatal error, an interrupt). After a commit fails,
-    the ones queued behind it are skipped, so stopping takes one busy timeout at most,
-    not one per queued chunk; the call stops with that :class:`StoreError`, and the
-    answers stay in memory, in the error's ``result``.
+    Answers that arrive while a write runs wait in a queue, and the writer's thread
+    takes them all before it hands back, so a writer that falls behind costs one
+    thread hop per batch, not per chunk. Shielded from cancellation: an answer that
+    arrived is written even when the call is being stopped (a deadline, a fatal error,
+    an interrupt). After a commit fails, the ones queued behind it are skipped, so
+    stopping takes one busy timeout at most, not one per queued chunk; the call stops
+    with that :class:`StoreError`, and the answers stay in memory, in its ``result``.
     """
 
     def __init__(self, store: ResultStore, prop: str, project: str, server: str) -> None:
@@ -33,21 +36,33 @@ class Committer:
         self._prop = prop
         self._project = project
         self._server = server
-        self._limiter = anyio.CapacityLimiter(1)
+        self._queue: collections.deque[ChunkAnswer] = collections.deque()
+        self._writing = False  # only read and set in the event loop's thread
         self._failed = False
 
     async def __call__(self, answer: ChunkAnswer) -> None:
         if self._failed:
             return
-        with anyio.CancelScope(shield=True):
-            try:
-                await anyio.to_thread.run_sync(self._write, answer, limiter=self._limiter)
-            except StoreError:
-                self._failed = True
-                raise
+        self._queue.append(answer)
+        if self._writing:
+            return  # the running writer takes it
+        self._writing = True
+        try:
+            with anyio.CancelScope(shield=True):
+                # Checked here, in the loop's thread, so no answer is left behind.
+                while self._queue and not self._failed:
+                    await anyio.to_thread.run_sync(self._write_queued)
+        except StoreError:
+            self._failed = True
+            self._queue.clear()
+            raise
+        finally:
+            self._writing = False
 
-    def _write(self, answer: ChunkAnswer) -> None:
-        if not self._failed:  # queued behind a commit that failed: skipped
+    def _write_queued(self) -> None:
+        """In the worker thread: write every queued chunk, each its own transaction."""
+        while self._queue:
+            answer = self._queue.popleft()
             self._store._write(
                 self._prop,
                 self._project,
