@@ -20,7 +20,7 @@ on reading.
 
 from __future__ import annotations
 
-import json
+import itertools
 import os
 import sqlite3
 import threading
@@ -41,6 +41,7 @@ from ._sqlite import (
     connect,
     decode_all,
     encode_chunk,
+    encode_ids,
     encode_value,
     from_sql,
     snapshot,
@@ -49,6 +50,8 @@ from ._sqlite import (
 )
 
 __all__ = ["ResultStore", "open_store"]
+
+_ABSENT: Any = object()  # a sentinel: the store holds nothing for this id
 
 
 class ResultStore:
@@ -147,29 +150,37 @@ class ResultStore:
         with self._lock:
             db = self._open()
             with snapshot(db, self.path):  # one consistent view, whoever writes meanwhile
-                mats = self._held(db, prop, proj)
-                if materialized_timestamp is None:
-                    chosen = next(
-                        (ts for ts, mat in mats if keys is None or self._rows(db, mat, keys, 1)),
-                        None,
-                    )
-                else:
-                    chosen = (
-                        materialized_timestamp if materialized_timestamp in dict(mats) else None
-                    )
-                rows = [] if chosen is None else self._rows(db, dict(mats)[chosen], keys)
-        values = decode_all([blob for _, blob in rows])
-        found = dict(zip((from_sql(s) for s, _ in rows), values, strict=True))
-        data: dict[int, dict[str, Any]] = {}
+                # Newest first; the first materialization holding any of the ids is read,
+                # in one query (not a "holds any" query over every id before it).
+                chosen: int | None = None
+                rows: list[tuple[int, bytes | None]] = []
+                for ts, mat in self._held(db, prop, proj):
+                    if materialized_timestamp is not None and ts != materialized_timestamp:
+                        continue
+                    rows = self._rows(db, mat, keys)
+                    if rows or keys is None or materialized_timestamp is not None:
+                        chosen = ts
+                        break
+        segments = [s for s, _ in rows]
+        if segments and min(segments) < 0:
+            segments = [from_sql(s) for s in segments]
+        found = dict(zip(segments, decode_all([blob for _, blob in rows]), strict=True))
+        order = sorted(found) if ids is None else ids
+        values: list[Any] = list(map(found.get, order, itertools.repeat(_ABSENT, len(order))))
+        data: dict[int, dict[str, Any]]
         missing: list[int] = []
         not_stored: list[int] = []
-        for segment in sorted(found) if ids is None else ids:
-            if segment not in found:
-                not_stored.append(segment)
-            elif (value := found[segment]) is None:
-                missing.append(segment)
-            else:
-                data[segment] = value
+        if _ABSENT not in values and None not in values:  # all held and known: in C
+            data = dict(zip(order, values, strict=True))
+        else:
+            data = {}
+            for segment, value in zip(order, values, strict=True):
+                if value is _ABSENT:
+                    not_stored.append(segment)
+                elif value is None:
+                    missing.append(segment)
+                else:
+                    data[segment] = value
         return SegmentPropertyResult(
             data,
             property=prop,
@@ -398,7 +409,7 @@ class ResultStore:
         return db.execute(
             "SELECT segment_id, value FROM segment_values WHERE materialization = ? "
             "AND segment_id IN (SELECT value FROM json_each(?)) LIMIT ?",
-            (mat, json.dumps(keys), limit),
+            (mat, encode_ids(keys), limit),
         ).fetchall()
 
     def _materialization_id(

@@ -160,7 +160,7 @@ def test_timeout_and_before_are_checked(store: bca.ResultStore, tmp_path: Path) 
 @pytest.mark.parametrize(
     "values",
     [
-        [{"n": 1}, None, {"s": "ünï \\ \"q\"", "l": [1.5, -0.0, 10**19]}],  # one statement
+        [{"n": 1}, None, {"s": 'ünï \\ "q"', "l": [1.5, -0.0, 10**19]}],  # one statement
         [{"n": None}, None, {"nan": math.nan}],  # nulls in values: one row at a time
     ],
 )
