@@ -511,7 +511,9 @@ class AsyncClient:
         """
         store = self._store
         chunk_size = self._config.chunk_size
-        if store is None:
+        if store is None or not await anyio.to_thread.run_sync(
+            store._holds_any, target.prop, target.project
+        ):
             return plan_call(ids, None, chunk_size)
 
         # Large work, so in worker threads, off the event loop, and in pieces: a

@@ -361,6 +361,11 @@ class ResultStore:
         found = dict(zip((s for s, _ in rows), decode_all([b for _, b in rows]), strict=True))
         return [found[key] for key in keys]
 
+    def _holds_any(self, prop: str, project: str) -> bool:
+        """Whether the store holds anything for this property and project: blocking."""
+        with self._lock:
+            return bool(self._held(self._open(), prop, project))
+
     def _check_server(self, server: str) -> None:
         """Refuse a store whose values were fetched from another server."""
         with self._lock:

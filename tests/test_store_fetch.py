@@ -484,11 +484,13 @@ async def test_the_deadline_counts_the_time_the_lookup_took(
         time.sleep(0.2)
         return lookup(self, *args, **kwargs)
 
-    monkeypatch.setattr(_store.ResultStore, "_lookup", slow_disk)
     async with server.client(store=store_path) as client:
+        await client.fetch_property("link_pre", IDS[:1])  # so that there is a lookup
+        server.fake.log.reset()
+        monkeypatch.setattr(_store.ResultStore, "_lookup", slow_disk)
         with pytest.raises(bca.IncompleteResultError) as caught:
             await client.fetch_property("link_pre", IDS, deadline=0.1)
-    assert len(caught.value.failures) == len(IDS)
+    assert len(caught.value.failures) == len(IDS) - 1  # all but the stored one
     assert server.fake.log.requests == 0  # the deadline had passed before any request
 
 
@@ -520,3 +522,22 @@ async def test_a_stream_reads_stored_values_chunk_by_chunk(
     assert max(loaded) <= 100  # values read one chunk at a time
     assert streamed == server.expected(IDS)
     assert server.segments_requested() == 1 + loaded[0]  # the probe, the pruned chunk
+
+
+async def test_a_store_that_holds_nothing_for_the_property_costs_no_lookup(
+    server: Server, store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lookups: list[int] = []
+    lookup = _store.ResultStore._lookup
+
+    def spy(self: bca.ResultStore, *args: Any, **kwargs: Any) -> Any:
+        lookups.append(len(args[-1]))
+        return lookup(self, *args, **kwargs)
+
+    monkeypatch.setattr(_store.ResultStore, "_lookup", spy)
+    async with server.client(store=store_path) as client:
+        await client.fetch_property("size", IDS[:10])
+        await client.fetch_property("link_pre", IDS)  # nothing held for link_pre
+        assert lookups == []
+        await client.fetch_property("link_pre", IDS)
+    assert sum(lookups) == len(IDS)
