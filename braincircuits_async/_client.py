@@ -249,7 +249,9 @@ class AsyncClient:
                 await self._http.aclose()
             finally:
                 if self._owns_store and self._store is not None:
-                    self._store.close()
+                    # Closing checkpoints the write-ahead log: file work, off the loop.
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(self._store.close)
 
     async def fetch_property(
         self,
