@@ -56,7 +56,7 @@ from ._config import (
 )
 from ._exceptions import BrainCircuitsError, ClientClosedError
 from ._models import SegmentPropertyResult
-from ._policy import refetch_target, settle, stale_slices, with_partial
+from ._policy import Outcome, refetch_target, settle, stale_slices, with_partial
 from ._progress import CombinedProgress, ProgressArg, Reporter, close_reporter, make_reporter
 from ._recording import Committer, Loader
 from ._resume import Held, Plan, plan_call
@@ -441,6 +441,11 @@ class AsyncClient:
         records what it cut off.
         """
         config = self._config
+        how: dict[str, Any] = {"consistency": config.consistency, "streaming": streaming}
+
+        def outcomes() -> list[Outcome]:
+            return [c.outcome() for c in calls]
+
         left = math.inf if deadline is None else deadline - (anyio.current_time() - started)
         with anyio.move_on_after(max(left, 0.0)) as scope:
             try:
@@ -454,30 +459,15 @@ class AsyncClient:
             except BrainCircuitsError as error:
                 # A fatal answer (401, 404, ...) or a store that cannot be written:
                 # still fail fast, but with everything fetched so far.
-                raise with_partial(
-                    error,
-                    [c.outcome() for c in calls],
-                    consistency=config.consistency,
-                    streaming=streaming,
-                ) from None
+                raise with_partial(error, outcomes(), **how) from None
         if scope.cancelled_caught:
             # A fatal error the deadline cut short of being raised is still the answer.
             fatal = next((c.fatal for c in calls if c.fatal is not None), None)
             if fatal is not None:
-                raise with_partial(
-                    fatal,
-                    [c.outcome() for c in calls],
-                    consistency=config.consistency,
-                    streaming=streaming,
-                )
+                raise with_partial(fatal, outcomes(), **how)
             for call in calls:
                 call.deadline_passed(deadline or 0.0)
-        return settle(
-            [c.outcome() for c in calls],
-            consistency=config.consistency,
-            max_refetch_rounds=config.max_refetch_rounds,
-            streaming=streaming,
-        )
+        return settle(outcomes(), max_refetch_rounds=config.max_refetch_rounds, **how)
 
     async def _deliver_stored(self, calls: Sequence[Call]) -> None:
         """Streams: hand on what the store held, then fetch again what is stale."""
