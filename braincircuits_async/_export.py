@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
@@ -78,21 +79,65 @@ def _fields(data: Mapping[int, Mapping[str, Any]]) -> list[str]:
     return list(fields)
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as ``None``, at any depth (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def to_json(value: Any) -> str:
+    """Valid JSON whatever the value: NaN and infinities as ``null`` (the server may
+    send them; JSON cannot hold them), every non-ASCII character escaped, so a lone
+    surrogate (``"\\ud800"``) is written as the escape it came as."""
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:  # a NaN or an infinity somewhere: rare, so checked only then
+        return json.dumps(_finite(value), allow_nan=False)
+
+
+def _text(value: str) -> str:
+    """A string that UTF-8 can encode: a lone surrogate becomes its ``\\udXXX`` escape."""
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _cell(value: Any) -> Any:
-    return json.dumps(value) if isinstance(value, (dict, list)) else value
+    """One CSV cell: nested values as JSON text, NaN and infinities empty."""
+    if isinstance(value, (dict, list)):
+        return to_json(value)
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return ""
+    return value
+
+
+def _column_cell(value: Any) -> Any:
+    """One Parquet cell: nested values as JSON text; NaN stays a float (Parquet has it)."""
+    if isinstance(value, (dict, list)):
+        return to_json(value)
+    return _text(value) if isinstance(value, str) else value
 
 
 def write_jsonl(data: Mapping[int, Mapping[str, Any]], out: TextIO) -> None:
-    """One JSON object per segment: ``{"segment_id": <int>, ...the property's fields}``."""
+    """One JSON object per segment: ``{"segment_id": <int>, ...the property's fields}``,
+    valid JSON whatever the values (see :func:`to_json`)."""
     for segment, value in data.items():
-        out.write(json.dumps({"segment_id": segment, **value}) + "\n")
+        out.write(to_json({"segment_id": segment, **value}) + "\n")
 
 
 def write_csv(data: Mapping[int, Mapping[str, Any]], out: TextIO) -> None:
-    """A header, then one row per segment; nested values as JSON text."""
+    """A header, then one row per segment; nested values as JSON text, NaN and
+    infinities as empty cells, strings UTF-8 can always encode."""
     fields = _fields(data)
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["segment_id", *fields])
+    writer.writerow(["segment_id", *map(_text, fields)])
     for segment, value in data.items():
         writer.writerow([segment, *(_cell(value.get(f)) for f in fields)])
 
@@ -109,7 +154,7 @@ def write_parquet(data: Mapping[int, Mapping[str, Any]], path: Path) -> None:
     fields = _fields(data)
     columns: dict[str, Any] = {"segment_id": pa.array(list(data), type=pa.uint64())}
     for field in fields:
-        columns[field] = pa.array([_cell(v.get(field)) for v in data.values()])
+        columns[field] = pa.array([_column_cell(v.get(field)) for v in data.values()])
     pq.write_table(pa.table(columns), path)
 
 

@@ -7,6 +7,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import signal
 import sqlite3
@@ -613,3 +614,48 @@ def test_values_that_disagree_on_the_materialization_are_not_written(
     assert "InconsistentMaterializationError" in err
     assert "was not written: the values fetched disagree" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_output_is_valid_whatever_the_values(tmp_path: Path, fmt: str) -> None:
+    # Values the server may send that JSON lines and CSV cannot hold as they are.
+    data = {
+        1: {"a": math.nan, "b": "lone \ud800 surrogate", "c": [math.inf, {"d": -math.inf}]},
+        2: {"a": 1.5, "b": "ünï", "c": []},
+    }
+    result = bca.SegmentPropertyResult(
+        data, property="size", project=PROJECT, materialized_timestamp=1
+    )
+    out = tmp_path / f"out.{fmt}"
+    _export.write_result(result, fmt, out, io.StringIO())
+    if fmt == "jsonl":
+        rows = [
+            json.loads(line, parse_constant=pytest.fail) for line in out.read_text().splitlines()
+        ]
+        assert rows[0] == {"segment_id": 1, "a": None, "b": "lone \ud800 surrogate",
+                           "c": [None, {"d": None}]}  # fmt: skip
+        assert rows[1]["b"] == "ünï"
+    elif fmt == "csv":
+        rows = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
+        assert rows[0]["a"] == ""
+        assert rows[0]["b"] == "lone \\ud800 surrogate"
+        assert json.loads(rows[0]["c"], parse_constant=pytest.fail) == [None, {"d": None}]
+        assert rows[1] == {"segment_id": "2", "a": "1.5", "b": "ünï", "c": "[]"}
+    else:
+        pq = pytest.importorskip("pyarrow.parquet")
+        table = pq.read_table(out).to_pylist()
+        assert math.isnan(table[0]["a"])
+        assert json.loads(table[0]["c"], parse_constant=pytest.fail) == [None, {"d": None}]
+
+
+def test_standard_output_is_valid_whatever_the_values() -> None:
+    result = bca.SegmentPropertyResult(
+        {1: {"a": math.nan, "b": "\udfff"}}, property="size", project=PROJECT,
+        materialized_timestamp=1,
+    )  # fmt: skip
+    out = io.StringIO()
+    _export.write_result(result, "jsonl", None, out)
+    assert json.loads(out.getvalue(), parse_constant=pytest.fail) == {
+        "segment_id": 1, "a": None, "b": "\udfff"
+    }  # fmt: skip
+    out.getvalue().encode("utf-8")  # encodable: every non-ASCII character is escaped
