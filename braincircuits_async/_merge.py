@@ -100,8 +100,10 @@ def _malformed(
     message: str, body: bytes, redact: Redact, *, transient: bool = False
 ) -> MalformedResponseError:
     """The error for an unusable answer, built with every token echo already blanked."""
-    # Blanked before and after the cut, so no piece of a token survives the cut either.
-    shown = redact(excerpt(redact(body[:2000].decode("utf-8", "replace"))))
+    # Blanked before and after the cut, so no piece of a token survives the cut either;
+    # the first cut is marked too, so a token's start cut off there is blanked as well.
+    text = body[:2000].decode("utf-8", "replace") + ("…" if len(body) > 2000 else "")
+    shown = redact(excerpt(redact(text)))
     return MalformedResponseError(redact(message), body=shown, transient=transient)
 
 
@@ -151,7 +153,7 @@ def parse_answer(
     # All in C: one lookup per requested id, then counts and type checks.
     values = list(map(results.get, keys))
     if len(values) - values.count(None) != len(results):
-        raise wrong(_unexpected_keys(results, keys))
+        raise wrong(_unexpected_keys(results, keys, redact))
     if not set(map(type, values)) <= {dict, type(None)}:
         bad = next(i for i, v in enumerate(values) if v is not None and type(v) is not dict)
         raise wrong(
@@ -160,12 +162,13 @@ def parse_answer(
     return ChunkAnswer(start, start + len(ids), timestamp, list(ids), values)
 
 
-def _unexpected_keys(results: dict[str, Any], keys: Sequence[str]) -> str:
+def _unexpected_keys(results: dict[str, Any], keys: Sequence[str], redact: Redact) -> str:
     asked = set(keys)
     for key, value in results.items():
         if key not in asked:
             if not (key.isascii() and key.isdigit()):
-                return f"result key {key[:40]!r} is not a decimal segment id"
+                # Blanked before the cut: a token used as a key must not leave its start.
+                return f"result key {redact(key)[:40]!r} is not a decimal segment id"
             return f"segment {key} was not requested in this chunk"
         if value is None:
             return f"the value for segment {key} is null"

@@ -9,6 +9,7 @@ any echo of a token in an error body is blanked before it reaches a message.
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -241,7 +242,9 @@ def redact(text: str, secrets: Iterable[Secret | None]) -> str:
         if secret is None:
             continue
         value = secret.reveal()
-        text = text.replace(value, "<hidden>")
+        # As sent, and as a JSON encoder may echo it: "/" as "\/", other escapes.
+        for form in dict.fromkeys((value, value.replace("/", "\\/"), json.dumps(value)[1:-1])):
+            text = text.replace(form, "<hidden>")
         if text.endswith("…"):
             for size in range(len(value) - 1, 3, -1):
                 if text[:-1].endswith(value[:size]):

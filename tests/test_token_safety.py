@@ -202,3 +202,68 @@ async def test_a_200_answer_echoing_a_token_does_not_leak_it_through_the_error(
     for secret in SECRETS:
         for start in range(len(secret) - 5):
             assert secret[start : start + 6] not in full_text(caught.value)
+
+
+# Tokens with the characters JSON encoders and excerpts treat specially (issue 12).
+AWKWARD = "bc/SECRET+tok=en-0123456789abcdef/0123456789abcdef+xyz="
+
+
+def awkward_client(handler: Any, **kwargs: Any) -> bca.AsyncClient:
+    return bca.AsyncClient(
+        token=AWKWARD,
+        cave_token=CAVE_TOKEN,
+        project=PROJECT,
+        base_url="https://api.test",
+        transport=ScriptedServer(handler=handler),
+        max_retries=0,
+        **kwargs,
+    )
+
+
+def assert_no_piece(text: str, secret: str = AWKWARD) -> None:
+    for start in range(len(secret) - 5):
+        assert secret[start : start + 6] not in text, secret[start : start + 6]
+
+
+async def test_a_json_escaped_echo_of_the_token_is_blanked_in_errors_and_logs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def handler(request: httpx.Request, number: int) -> httpx.Response:
+        escaped = AWKWARD.replace("/", "\\/")  # as many JSON encoders write "/"
+        return httpx.Response(
+            500,
+            content=b'{"detail": "refused ' + escaped.encode() + b'"}',
+            headers={"content-type": "application/json"},
+        )
+
+    with caplog.at_level(logging.DEBUG, logger="braincircuits_async"):
+        async with awkward_client(handler) as client:
+            with pytest.raises(bca.APIStatusError) as caught:
+                await client.fetch_property("link_pre", [1])
+    assert "<hidden>" in str(caught.value)
+    assert_no_piece(full_text(caught.value))
+    assert_no_piece(caplog.text)
+
+
+async def test_a_token_used_as_a_result_key_is_not_quoted() -> None:
+    async def handler(request: httpx.Request, number: int) -> httpx.Response:
+        return httpx.Response(
+            200, json={"materialized_timestamp": 1, "results": {AWKWARD: {"nr_pre": 1}}}
+        )
+
+    async with awkward_client(handler) as client:
+        with pytest.raises(bca.MalformedResponseError, match="is not a decimal") as caught:
+            await client.fetch_property("link_pre", [1])
+    assert_no_piece(full_text(caught.value))
+
+
+async def test_a_token_at_the_first_cut_of_a_long_page_leaves_no_start() -> None:
+    async def handler(request: httpx.Request, number: int) -> httpx.Response:
+        # Mostly whitespace: the 2,000-byte cut lands inside the token, and the excerpt
+        # that follows collapses the spaces, so the cut would show without a mark.
+        return httpx.Response(200, text=" " * 1980 + AWKWARD + "</html>")
+
+    async with awkward_client(handler) as client:
+        with pytest.raises(bca.MalformedResponseError) as caught:
+            await client.fetch_property("link_pre", [1])
+    assert_no_piece(full_text(caught.value))
