@@ -378,7 +378,8 @@ def error_for_status(
     retry_after = parse_retry_after(headers.get("Retry-After"))
     token, cave_token = target.token, target.cave_token
     if 300 <= status < 400:
-        location = headers.get("Location", "<no Location header>")
+        # Quoted, but blanked first: a server may put the token in the address (?t=...).
+        location = excerpt(target.redact(headers.get("Location", "<no Location header>")))
         return APIStatusError(
             f"{describe}: the server answered {status} redirecting to {location!r}. Redirects "
             "are not followed, so tokens never travel to another host; if that address is "

