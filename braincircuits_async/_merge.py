@@ -63,6 +63,9 @@ __all__ = [
 
 Redact = Callable[[str], str]
 
+#: Timestamps are UNIX seconds; beyond SQLite's (and numpy's) int64 nothing is a date.
+MAX_TIMESTAMP = 2**63
+
 
 def _unchanged(text: str) -> str:
     return text
@@ -139,11 +142,16 @@ def parse_answer(
     if not isinstance(data, dict):
         raise wrong(f"top level is a JSON {type(data).__name__}, not an object")
     timestamp = data.get("materialized_timestamp")
-    if isinstance(timestamp, bool) or not isinstance(timestamp, int) or timestamp < 0:
+    if (
+        isinstance(timestamp, bool)
+        or not isinstance(timestamp, int)
+        or not 0 <= timestamp < MAX_TIMESTAMP
+    ):
         problem = (
             "no 'materialized_timestamp'"
             if timestamp is None
-            else f"'materialized_timestamp' is {timestamp!r}, not a non-negative integer"
+            else f"'materialized_timestamp' is {str(timestamp)[:30]}, not UNIX seconds "
+            "(an integer from 0 to 2**63 - 1)"
         )
         raise wrong(problem)
     results = data.get("results")

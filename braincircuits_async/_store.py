@@ -441,8 +441,10 @@ def _keys(ids: Sequence[int]) -> list[int]:
 
 
 def _check_timestamp(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidArgumentError(f"{name} must be an int >= 0 (UNIX seconds), got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SIGNED:
+        raise InvalidArgumentError(
+            f"{name} must be UNIX seconds, an int from 0 to 2**63 - 1, got {str(value)[:30]}"
+        )
 
 
 def open_store(

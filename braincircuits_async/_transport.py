@@ -47,9 +47,14 @@ CAVE_TOKEN_HELP = (
 
 
 def is_loopback(host: str) -> bool:
-    """Whether ``host`` names this machine (``localhost``, 127.0.0.0/8, ``::1``)."""
+    """Whether ``host`` names this machine (``localhost``, 127.0.0.0/8, ``::1``).
+
+    Not ``*.localhost``: RFC 6761 says such names should resolve to loopback, but a
+    resolver that does not honour it sends them to DNS, so ``evil.localhost`` could
+    be anywhere, and tokens would travel there over plain http.
+    """
     host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

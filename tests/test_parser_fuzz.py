@@ -183,7 +183,7 @@ def valid_values() -> st.SearchStrategy[dict[str, Any]]:
 def valid_answers(draw: st.DrawFn) -> tuple[bytes, list[int], int, dict[str, Any]]:
     ids = draw(chunk_ids())
     known = [s for s in ids if draw(st.integers(0, 9))]  # about 10% unknown
-    timestamp = draw(st.one_of(st.integers(0, 2**32), st.integers(0, 2**64 - 1)))
+    timestamp = draw(st.one_of(st.integers(0, 2**32), st.integers(0, 2**63 - 1)))
     results = {str(s): draw(valid_values()) for s in draw(st.permutations(known))}
     answer = {"materialized_timestamp": timestamp, "results": results}
     body = json.dumps(answer, ensure_ascii=draw(st.booleans())).encode("utf-8", "surrogatepass")
@@ -243,7 +243,7 @@ def check_one(body: bytes, ids: list[int]) -> ChunkAnswer | None:
     timestamp = data["materialized_timestamp"]
     assert type(answer.timestamp) is int
     assert type(timestamp) is int
-    assert answer.timestamp == timestamp >= 0
+    assert 0 <= answer.timestamp == timestamp < 2**63
     results = data["results"]
     assert type(results) is dict
     assert (answer.start, answer.end) == (START, START + len(ids))
@@ -281,6 +281,7 @@ def test_arbitrary_json_gives_a_right_answer_or_malformed_response_error(
 @example(body_and_ids=(b'{"materialized_timestamp": 5, "results": {"1": 3, "1": {}}}', [1]))
 @example(body_and_ids=(b'{"materialized_timestamp": true, "results": {}}', []))
 @example(body_and_ids=(b'{"materialized_timestamp": 18446744073709551616, "results": {}}', []))
+@example(body_and_ids=(b'{"materialized_timestamp": 9223372036854775808, "results": {}}', []))
 @example(body_and_ids=(b'{"materialized_timestamp": 1, "results": {"2": {"v": NaN}}}', [2]))
 @example(body_and_ids=(b'{"materialized_timestamp": 1, "results": {"\\ud800": {}}}', [2]))
 def test_near_valid_answers_give_a_right_answer_or_malformed_response_error(

@@ -111,6 +111,7 @@ def test_a_value_that_is_not_json_is_a_store_error(store: bca.ResultStore) -> No
     ("args", "message"),
     [
         (("link_pre", PROJECT, -1, [1], [None]), "materialized_timestamp"),
+        (("link_pre", PROJECT, 2**63, [1], [None]), "materialized_timestamp"),
         (("link_pre", PROJECT, T0, [1, 2], [None]), "one value per id"),
         (("link_pre", PROJECT, T0, [2**64], [None]), r"\[0, 2\*\*64\)"),
         (("link_pre", PROJECT, T0, [-1], [None]), r"\[0, 2\*\*64\)"),

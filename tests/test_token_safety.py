@@ -282,3 +282,15 @@ async def test_a_redirect_that_carries_the_token_in_its_location_is_quoted_blank
                 await client.fetch_property("link_pre", [1])
     assert_no_piece(full_text(caught.value))
     assert_no_piece(caplog.text)
+
+
+@pytest.mark.parametrize("host", ["evil.localhost", "localhost.evil.example", "127.0.0.1.nip.io"])
+def test_only_real_loopback_names_may_take_tokens_over_plain_http(host: str) -> None:
+    # A resolver that does not honour RFC 6761 sends *.localhost to DNS: anywhere.
+    with pytest.raises(ValueError, match="refusing to send tokens over plain http"):
+        bca.AsyncClient(token="t", base_url=f"http://{host}:8000")
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "127.5.6.7", "[::1]"])
+def test_loopback_may_take_tokens_over_plain_http(host: str) -> None:
+    assert bca.AsyncClient(token="t", base_url=f"http://{host}:8000").config.base_url
