@@ -22,13 +22,14 @@ class Committer:
     """Commits one call's answers to a store: one transaction per chunk, in a worker
     thread, one writer at a time (more threads would only queue on SQLite's lock).
 
-    Answers that arrive while a write runs wait in a queue, and the writer's thread
-    takes them all before it hands back, so a writer that falls behind costs one
-    thread hop per batch, not per chunk. Shielded from cancellation: an answer that
-    arrived is written even when the call is being stopped (a deadline, a fatal error,
-    an interrupt). After a commit fails, the ones queued behind it are skipped, so
-    stopping takes one busy timeout at most, not one per queued chunk; the call stops
-    with that :class:`StoreError`, and the answers stay in memory, in its ``result``.
+    Answers that arrive while a write runs wait in a queue (their callers wait until
+    it is empty), and the writer's thread takes them all before it hands back, so a
+    writer that falls behind costs one thread hop per batch, not per chunk. Shielded
+    from cancellation: an answer that arrived is written even when the call is being
+    stopped (a deadline, a fatal error, an interrupt). After a commit fails, the ones
+    queued behind it are skipped, so stopping takes one busy timeout at most, not one
+    per queued chunk; the call stops with that :class:`StoreError`, and the answers
+    stay in memory, in its ``result``.
     """
 
     def __init__(self, store: ResultStore, prop: str, project: str, server: str) -> None:
@@ -37,16 +38,20 @@ class Committer:
         self._project = project
         self._server = server
         self._queue: collections.deque[ChunkAnswer] = collections.deque()
-        self._writing = False  # only read and set in the event loop's thread
+        # Set while a writer runs, until the queue is empty; only used in the loop's thread.
+        self._drained: anyio.Event | None = None
         self._failed = False
 
     async def __call__(self, answer: ChunkAnswer) -> None:
         if self._failed:
             return
         self._queue.append(answer)
-        if self._writing:
-            return  # the running writer takes it
-        self._writing = True
+        if self._drained is not None:
+            # The running writer takes it; waiting for it keeps the caller's bound on
+            # answers not yet written true (a stream's answers are alive until then).
+            await self._drained.wait()
+            return
+        self._drained = drained = anyio.Event()
         try:
             with anyio.CancelScope(shield=True):
                 # Checked here, in the loop's thread, so no answer is left behind.
@@ -57,7 +62,8 @@ class Committer:
             self._queue.clear()
             raise
         finally:
-            self._writing = False
+            self._drained = None
+            drained.set()
 
     def _write_queued(self) -> None:
         """In the worker thread: write every queued chunk, each its own transaction."""

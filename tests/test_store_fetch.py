@@ -541,3 +541,28 @@ async def test_a_store_that_holds_nothing_for_the_property_costs_no_lookup(
         assert lookups == []
         await client.fetch_property("link_pre", IDS)
     assert sum(lookups) == len(IDS)
+
+
+async def test_answers_waiting_for_a_slow_store_stay_bounded(
+    server: Server, store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from braincircuits_async import _recording
+
+    queued: list[int] = []
+    call, write = _recording.Committer.__call__, _store.ResultStore._write
+
+    async def spy(self: Any, answer: Any) -> None:
+        queued.append(len(self._queue))
+        await call(self, answer)
+
+    def slow_disk(self: bca.ResultStore, *args: Any, **kwargs: Any) -> None:
+        time.sleep(0.01)
+        write(self, *args, **kwargs)
+
+    monkeypatch.setattr(_recording.Committer, "__call__", spy)
+    monkeypatch.setattr(_store.ResultStore, "_write", slow_disk)
+    async with server.client(store=store_path, max_concurrency=2) as client:
+        async for _ in client.iter_property("link_pre", IDS):
+            pass  # a stream: what waits for the store is alive only because of it
+    assert len(queued) == 40
+    assert max(queued) < 2 * 2  # at most 2 * max_concurrency answers wait at once
