@@ -24,6 +24,7 @@ from ._config import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_RETRIES,
+    DEFAULT_REQUEST_TIMEOUT,
 )
 from ._exceptions import AuthenticationError, StoreError
 from ._export import FORMATS
@@ -52,6 +53,13 @@ def _non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
     return value
 
 
@@ -190,6 +198,23 @@ def _build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_MAX_RETRIES,
         help="retries per request for transient failures (default: %(default)s)",
+    )
+    fetch.add_argument(
+        "--request-timeout",
+        type=_positive_float,
+        default=DEFAULT_REQUEST_TIMEOUT,
+        metavar="SECONDS",
+        help="longest time one request may take, from sending it to the last byte of its "
+        "answer; a slower one is retried like a timeout (default: %(default)g)",
+    )
+    fetch.add_argument(
+        "--deadline",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="longest time the whole fetch may take; when it passes, what was fetched is "
+        "written (and kept in --store) and the rest is reported as failed, exit status 1 "
+        "(default: no limit)",
     )
     fetch.add_argument(
         "--base-url",

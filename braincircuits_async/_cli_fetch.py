@@ -137,6 +137,8 @@ async def _run(
         chunk_size=args.chunk_size,
         max_concurrency=args.concurrency,
         max_retries=args.max_retries,
+        request_timeout=args.request_timeout,
+        deadline=args.deadline,
         store=store,
     ) as client:
         try:

@@ -44,6 +44,7 @@ from ._config import (
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_MAX_RETRIES,
     DEFAULT_MAX_RETRY_AFTER,
+    DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_TIMEOUT,
     ClientConfig,
     Consistency,
@@ -99,6 +100,10 @@ class AsyncClient:
         max_retries: retries per request for transient failures (429, 5xx,
             dropped connections, timeouts, unreadable answers).
         timeout: seconds to wait for any one network operation of a request.
+        request_timeout: seconds one request may take in all, from sending it to
+            the last byte of its answer (default 300); a server that trickles its
+            answer gets a timeout like any other, retried and then split. None: no
+            bound beyond ``timeout`` per operation.
         consistency: what to do when chunks come from different materializations:
             ``"refetch"`` re-fetches the stale chunks (a few rounds) and raises
             :class:`InconsistentMaterializationError` if they still disagree;
@@ -128,6 +133,10 @@ class AsyncClient:
             the client): every chunk's answer is committed to it as it arrives, and
             a fetch asks the server only for what it does not hold yet (see
             ``docs/store.md``). Default: no store.
+        trust_env: honour the environment's proxies (``HTTPS_PROXY``, ``ALL_PROXY``,
+            ``NO_PROXY``) and ``SSL_CERT_FILE`` as httpx does (default True); a
+            loopback ``base_url`` never goes through a proxy. A SOCKS proxy needs
+            the ``socks`` extra.
     """
 
     def __init__(
@@ -153,6 +162,8 @@ class AsyncClient:
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         deadline: float | None = None,
         store: ResultStore | str | os.PathLike[str] | None = None,
+        request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+        trust_env: bool = True,
     ) -> None:
         url = resolve_base_url(base_url)
         check_base_url(url, custom_transport=transport is not None)
@@ -171,6 +182,8 @@ class AsyncClient:
             max_requests_per_second=max_requests_per_second,
             max_response_bytes=max_response_bytes,
             deadline=deadline,
+            request_timeout=request_timeout,
+            trust_env=trust_env,
             retry=RetryPolicy(
                 max_retries=max_retries,
                 backoff_base=backoff_base,

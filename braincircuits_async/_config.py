@@ -41,6 +41,9 @@ DEFAULT_CHUNK_SIZE = 500
 DEFAULT_MAX_CONCURRENCY = 8
 DEFAULT_MAX_RETRIES = 5
 DEFAULT_TIMEOUT = 30.0
+#: One request's whole exchange (send, headers, body), on top of `DEFAULT_TIMEOUT` per
+#: network operation: a server that trickles its answer a byte at a time never ends one.
+DEFAULT_REQUEST_TIMEOUT = 300.0
 DEFAULT_BACKOFF_BASE = 0.1
 DEFAULT_BACKOFF_MAX = 30.0
 DEFAULT_MAX_RETRY_AFTER = 120.0
@@ -249,6 +252,12 @@ class ClientConfig:
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     #: Seconds a whole call may take (None: no limit); see ``fetch_property``.
     deadline: float | None = None
+    #: Seconds one request may take from sending to the last byte of its answer (None:
+    #: no bound but ``timeout`` per network operation).
+    request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT
+    #: Honour the environment's proxies (``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``)
+    #: and ``SSL_CERT_FILE``, as httpx does; loopback addresses never go through a proxy.
+    trust_env: bool = True
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def __post_init__(self) -> None:
@@ -261,6 +270,12 @@ class ClientConfig:
             check_seconds("max_requests_per_second", self.max_requests_per_second)
         if self.deadline is not None:
             check_seconds("deadline", self.deadline)
+        if self.request_timeout is not None:
+            check_seconds("request_timeout", self.request_timeout)
+        if not isinstance(self.trust_env, bool):
+            raise InvalidArgumentError(
+                f"trust_env must be True or False, not {type(self.trust_env).__name__}"
+            )
         check_seconds("timeout", self.timeout)
         if self.consistency not in CONSISTENCY_MODES:
             raise InvalidArgumentError(

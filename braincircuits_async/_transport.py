@@ -8,8 +8,11 @@ any echo of a token in an error body is blanked before it reaches a message.
 
 from __future__ import annotations
 
+import http
 import ipaddress
 import json
+import logging
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -22,7 +25,7 @@ from ._config import (
     Secret,
     cave_token_from_files,
 )
-from ._exceptions import AuthenticationError, InvalidArgumentError
+from ._exceptions import AuthenticationError, InvalidArgumentError, MissingDependencyError
 from ._version import __version__
 
 __all__ = [
@@ -36,6 +39,7 @@ __all__ = [
     "check_base_url",
     "is_loopback",
     "redact",
+    "uses_env_proxies",
 ]
 
 ENDPOINT = "/circuit/segment/property/{property}"
@@ -60,6 +64,15 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def uses_env_proxies(host: str, *, trust_env: bool) -> bool:
+    """Whether requests to ``host`` may go through the environment's proxies.
+
+    Never for loopback: a proxy between this machine and itself would see both
+    tokens in clear text over plain http, and could answer in the server's place.
+    """
+    return trust_env and not is_loopback(host)
 
 
 def check_base_url(base_url: str, *, custom_transport: bool) -> httpx.URL:
@@ -102,34 +115,50 @@ class ConnectionPools:
     admits no more requests than there are slots.
 
     With a caller's own ``transport`` there is one client around it.
+
+    Proxies: the environment's (``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``) are
+    honoured as httpx does, since institutions need them, unless ``trust_env`` is
+    off; a loopback base URL never goes through one (:func:`uses_env_proxies`).
     """
 
     def __init__(self, config: ClientConfig, transport: httpx.AsyncBaseTransport | None) -> None:
         bound = config.max_concurrency
         size = bound if transport is not None else min(config.connections_per_pool, bound)
         count = -(-bound // size)
+        hide_server_text_in_http_logs()
+        trust_env = uses_env_proxies(httpx.URL(config.base_url).host, trust_env=config.trust_env)
         # One TLS context for every pool: building one costs tens of milliseconds.
-        verify = httpx.create_ssl_context() if transport is None else True
+        verify = httpx.create_ssl_context(trust_env=config.trust_env) if transport is None else True
         headers = {
             "Accept": "application/json",
             "Content-Type": "application/json",
             "User-Agent": f"braincircuits-async/{__version__}",
         }
-        self.clients = [
-            httpx.AsyncClient(
-                base_url=config.base_url,
-                transport=transport,
-                limits=httpx.Limits(
-                    max_connections=min(size, bound - i * size),
-                    max_keepalive_connections=min(size, bound - i * size),
-                ),
-                timeout=httpx.Timeout(config.timeout),
-                follow_redirects=False,
-                headers=headers,
-                verify=verify,
-            )
-            for i in range(count)
-        ]
+        try:
+            self.clients = [
+                httpx.AsyncClient(
+                    base_url=config.base_url,
+                    transport=transport,
+                    limits=httpx.Limits(
+                        max_connections=min(size, bound - i * size),
+                        max_keepalive_connections=min(size, bound - i * size),
+                    ),
+                    timeout=httpx.Timeout(config.timeout),
+                    follow_redirects=False,
+                    headers=headers,
+                    verify=verify,
+                    trust_env=trust_env,
+                )
+                for i in range(count)
+            ]
+        except ImportError:
+            # httpx needs socksio for a SOCKS proxy named in the environment. The
+            # proxy's address is not quoted: it may carry a user name and password.
+            raise MissingDependencyError(
+                "the environment names a SOCKS proxy (ALL_PROXY or HTTPS_PROXY), which "
+                "needs the socks extra: pip install 'braincircuits-async[socks]'; or pass "
+                "trust_env=False to ignore the environment's proxies"
+            ) from None
         #: Which client each slot sends through; free slots are popped from the end.
         self._slot_client = [self.clients[slot // size] for slot in range(bound)]
         self._free = list(range(bound - 1, -1, -1))
@@ -235,6 +264,59 @@ class Credentials:
         if self.cave_token is None and any(self._cave_files.values()):
             cave = "from CAVEclient's secret files, for CAVE projects"
         return shown(self.token), cave
+
+
+def _standard_reason(status: int, reason: str) -> str:
+    """``reason`` if it is the standard phrase of ``status``, else a placeholder."""
+    try:
+        standard = http.HTTPStatus(status).phrase
+    except ValueError:
+        standard = ""
+    return reason if reason == standard else "<reason hidden>"
+
+
+class HideResponseHeaders(logging.Filter):
+    """Blanks what a server controls in httpx's and httpcore's log lines.
+
+    httpcore's DEBUG log prints every answer's headers in full
+    (``receive_response_headers.complete return_value=(b'HTTP/1.1', 302, b'Found',
+    [(b'Location', ...), ...])``) and httpx's INFO line the reason phrase, so a
+    server that echoes a token into a header (a redirect's ``Location``, a cookie)
+    or its status line would get it into the log. The status stays; the headers,
+    and a reason phrase other than the standard one, become placeholders.
+    """
+
+    _HEADERS = re.compile(r"^receive_response_headers\.complete return_value=\((b'[^']*'), (\d+), ")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.msg
+        if not isinstance(message, str):
+            return True
+        if message.startswith("receive_response_headers.complete"):
+            found = self._HEADERS.match(message)
+            record.msg = (
+                f"receive_response_headers.complete return_value=({found[1]}, {found[2]}, "
+                "<reason and headers hidden by braincircuits-async>)"
+                if found
+                else "receive_response_headers.complete"
+            )
+            record.args = ()
+        elif message.startswith("HTTP Request:") and isinstance(record.args, tuple):
+            args = record.args
+            if len(args) == 5 and isinstance(args[3], int) and isinstance(args[4], str):
+                record.args = (*args[:4], _standard_reason(args[3], args[4]))
+        return True
+
+
+_HIDE_RESPONSE_HEADERS = HideResponseHeaders()
+
+
+def hide_server_text_in_http_logs() -> None:
+    """Install :class:`HideResponseHeaders` on httpx's and httpcore's loggers (once)."""
+    for name in ("httpx", "httpcore.http11", "httpcore.http2", "httpcore.proxy"):
+        log = logging.getLogger(name)
+        if _HIDE_RESPONSE_HEADERS not in log.filters:
+            log.addFilter(_HIDE_RESPONSE_HEADERS)
 
 
 def redact(text: str, secrets: Iterable[Secret | None]) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -134,6 +135,7 @@ class Wire:
         "max_response_bytes",
         "max_retry_after",
         "pools",
+        "request_timeout",
         "stats",
         "timeout",
     )
@@ -149,6 +151,7 @@ class Wire:
         timeout: float,
         max_response_bytes: int,
         max_retry_after: float,
+        request_timeout: float | None = None,
     ) -> None:
         self.pools = pools
         self.gate = gate
@@ -160,6 +163,8 @@ class Wire:
         self.max_response_bytes = max_response_bytes
         #: For messages: a longer Retry-After is not waited for (see `_retry`).
         self.max_retry_after = max_retry_after
+        #: Seconds one request's whole exchange may take (`math.inf`: no bound).
+        self.request_timeout = math.inf if request_timeout is None else request_timeout
 
     @classmethod
     def for_config(
@@ -183,6 +188,7 @@ class Wire:
             timeout=config.timeout,
             max_response_bytes=config.max_response_bytes,
             max_retry_after=config.retry.max_retry_after,
+            request_timeout=config.request_timeout,
         )
 
     def target(self, prop: str, project: str) -> Target:
@@ -223,37 +229,61 @@ class Wire:
             content=('{"segments":[' + ",".join(keys) + "]}").encode(),
         )
         request.stream = OneShotBody(request.content)
-        gate = self.gate
-        async with gate as sent_at:
+        async with self.gate as sent_at:
             # The gate's fast path may not have passed a checkpoint: a call stopped
             # meanwhile must send nothing more.
             await anyio.lowlevel.checkpoint_if_cancelled()
             self.stats.requests += 1
-            slot = self.pools.take()
-            errors = LowerLayerErrors(describe, self.timeout)
-            try:
-                with errors:
-                    response = await self.pools.client_for(slot).send(request, stream=True)
-                    try:
-                        body = await read_capped(response, self.max_response_bytes)
-                    finally:
-                        await response.aclose()
-            finally:
-                self.pools.give_back(slot)
-            errors.raise_caught()
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug(
-                    "POST %s %s -> %d in %.3fs",
-                    target.url.path,
-                    describe,
-                    response.status_code,
-                    anyio.current_time() - sent_at,
-                )
-            outcome = self._outcome(target, response, body, sent_at, ids, keys, start, describe)
+            outcome = await self._exchange(target, request, sent_at, ids, keys, start, describe)
             judge(outcome)
-            if isinstance(outcome, BrainCircuitsError):
-                raise outcome
-            return outcome
+        # Raised here, where no local holds the answer's body: a traceback that shows
+        # local variables (IPython, rich, Sentry) must not show what a server echoed.
+        if isinstance(outcome, BrainCircuitsError):
+            raise outcome
+        return outcome
+
+    async def _exchange(
+        self,
+        target: Target,
+        request: httpx.Request,
+        sent_at: float,
+        ids: Sequence[int],
+        keys: list[str],
+        start: int,
+        describe: str,
+    ) -> ChunkAnswer | BrainCircuitsError:
+        """Send ``request`` on a free slot and read its answer, within ``request_timeout``.
+
+        Returns the outcome rather than raising it, so the frame that holds the raw
+        body is never part of a traceback.
+        """
+        slot = self.pools.take()
+        errors = LowerLayerErrors(describe, self.timeout)
+        try:
+            with anyio.move_on_after(self.request_timeout) as bound, errors:
+                response = await self.pools.client_for(slot).send(request, stream=True)
+                try:
+                    body = await read_capped(response, self.max_response_bytes)
+                finally:
+                    await response.aclose()
+        finally:
+            self.pools.give_back(slot)
+        if errors.caught is not None:
+            return errors.caught
+        if bound.cancelled_caught:
+            return APITimeoutError(
+                f"{describe}: no complete answer within request_timeout="
+                f"{self.request_timeout:g} s (the server sent too slowly)"
+            )
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "POST %s %s -> %d in %.3fs",
+                target.url.path,
+                describe,
+                response.status_code,
+                anyio.current_time() - sent_at,
+            )
+        return self._outcome(target, response, body, sent_at, ids, keys, start, describe)
 
     def _outcome(
         self,
@@ -290,7 +320,10 @@ class Wire:
                 body, ids, keys, start=start, describe=describe, redact=target.redact
             )
         except MalformedResponseError as error:
-            return error
+            # Without the parser's frames (their locals hold the body) and without
+            # the JSON error it replaced (which holds the whole body as ``doc``).
+            error.__context__ = None
+            return error.with_traceback(None)
 
 
 class OneShotBody(httpx.AsyncByteStream):
