@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 
 from ._chunking import normalize_segments, validate_project, validate_properties
@@ -55,7 +56,7 @@ from ._config import (
     resolve_cave_token,
     resolve_token,
 )
-from ._exceptions import BrainCircuitsError, ClientClosedError
+from ._exceptions import BrainCircuitsError, ClientClosedError, UsageError
 from ._models import SegmentPropertyResult
 from ._policy import Outcome, refetch_target, settle, stale_slices, with_partial
 from ._progress import CombinedProgress, ProgressArg, Reporter, close_reporter, make_reporter
@@ -201,6 +202,8 @@ class AsyncClient:
         self._http = self._wire.pools
         # Hosts the producers of iter_property streams: they must outlive a `break`.
         self._tasks: anyio.abc.TaskGroup | None = None
+        # The event loop of the first use: connections and tasks belong to it.
+        self._loop: object | None = None
         # Opened last: nothing above can fail and leave it open.
         self._store, self._owns_store = open_store(store)
         if self._store is not None:
@@ -234,6 +237,7 @@ class AsyncClient:
         )
 
     async def __aenter__(self) -> AsyncClient:
+        self._on_its_loop()
         await self._http.open()
         tasks = anyio.create_task_group()
         await tasks.__aenter__()
@@ -249,7 +253,11 @@ class AsyncClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connections and stop any stream. The client cannot be used afterwards."""
+        """Close the connections and stop any stream. The client cannot be used afterwards.
+
+        Call it on the event loop the client was used on: its connections belong there.
+        """
+        self._on_its_loop()
         tasks, self._tasks = self._tasks, None
         try:
             if tasks is not None:
@@ -587,7 +595,26 @@ class AsyncClient:
         proj = validate_project(project if project is not None else self._config.project)
         if self._http.is_closed:
             raise ClientClosedError("this AsyncClient is closed; create a new one")
+        self._on_its_loop()
         return props, proj, normalize_segments(segments)
+
+    def _on_its_loop(self) -> None:
+        """Bind the client to the running event loop on first use; refuse any other.
+
+        Its connections, its gate and its task group belong to one event loop: used
+        from a second one (a second ``asyncio.run``, a loop in another thread) they
+        fail deep inside anyio or leave connections that no ``aclose`` can close.
+        """
+        token = anyio.lowlevel.current_token()
+        loop = getattr(token, "native_token", token)  # the loop (a wrapper since anyio 4.11)
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise UsageError(
+                "this AsyncClient was first used on another event loop, and its "
+                "connections belong to that loop: use (and close) it there, or create "
+                "one client per event loop (each asyncio.run() starts a new loop)"
+            )
 
 
 def _empty(prop: str, project: str) -> SegmentPropertyResult:

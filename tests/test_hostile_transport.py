@@ -137,9 +137,12 @@ async def test_a_server_that_trickles_its_answer_hits_request_timeout(answer: by
 
 def test_request_timeout_is_validated_and_on_by_default() -> None:
     assert bca.AsyncClient(token="t", base_url="https://api.test").config.request_timeout == 300
-    assert bca.AsyncClient(
-        token="t", base_url="https://api.test", request_timeout=None
-    ).config.request_timeout is None
+    assert (
+        bca.AsyncClient(
+            token="t", base_url="https://api.test", request_timeout=None
+        ).config.request_timeout
+        is None
+    )
     for bad in (0, -1, float("inf"), "10"):
         with pytest.raises(bca.InvalidArgumentError, match="request_timeout"):
             bca.AsyncClient(token="t", base_url="https://api.test", request_timeout=bad)
@@ -152,7 +155,7 @@ def test_the_cli_bounds_each_request_and_the_whole_fetch(
     ids = tmp_path / "ids.txt"
     ids.write_text("1\n")
     out = tmp_path / "out.jsonl"
-    with raw_server(trickle(SLOW_BODY, every=0.01)) as (url, seen):
+    with raw_server(trickle(SLOW_BODY, every=0.01)) as (url, _seen):
         started = time.monotonic()
         code = _cli.main(
             ["fetch", "link_pre", "--project", OPEN, "--ids", str(ids), "-o", str(out),
@@ -161,7 +164,7 @@ def test_the_cli_bounds_each_request_and_the_whole_fetch(
         assert time.monotonic() - started < 20  # without the bound: ~1,000 s
     assert code == 1
     assert "request_timeout=0.2 s" in capsys.readouterr().err
-    with raw_server(trickle(SLOW_BODY, every=0.01)) as (url, seen):
+    with raw_server(trickle(SLOW_BODY, every=0.01)) as (url, _seen):
         code = _cli.main(
             ["fetch", "link_pre", "--project", OPEN, "--ids", str(ids), "-o", str(out),
              "--base-url", url, "--deadline", "0.3", "--force"]
@@ -180,9 +183,10 @@ def test_the_cli_bounds_each_request_and_the_whole_fetch(
 async def test_a_loopback_server_is_never_reached_through_a_proxy(
     monkeypatch: pytest.MonkeyPatch, variable: str
 ) -> None:
-    with raw_server(answer_502) as (proxy, seen), testing.serve_in_thread(
-        testing.FakeBrainCircuits()
-    ) as url:
+    with (
+        raw_server(answer_502) as (proxy, seen),
+        testing.serve_in_thread(testing.FakeBrainCircuits()) as url,
+    ):
         monkeypatch.setenv(variable, proxy)
         async with bca.AsyncClient(
             token=testing.DEFAULT_TOKEN, cave_token=testing.DEFAULT_CAVE_TOKEN, base_url=url
@@ -203,7 +207,8 @@ async def test_another_host_goes_through_the_environments_proxy(
             with pytest.raises(bca.APIConnectionError):
                 await client.fetch_property("link_pre", [1], project=OPEN)
     # A tunnel: the proxy learns the host, never the request or its tokens.
-    assert seen and seen[0].startswith(b"CONNECT api.braincircuits.test:443 ")
+    assert seen
+    assert seen[0].startswith(b"CONNECT api.braincircuits.test:443 ")
     assert_no_piece(repr(seen))
 
 
