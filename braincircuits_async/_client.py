@@ -127,7 +127,8 @@ class AsyncClient:
         max_requests_per_second: start at most this many requests per second
             (client-side rate limit; default: none).
         max_response_bytes: the largest answer body the client reads (default
-            256 MiB); a larger one fails its chunk instead of exhausting memory.
+            256 MiB); a larger one fails its chunk instead of exhausting memory. It
+            bounds each answer: up to ``max_concurrency`` are read at once.
         deadline: default total time limit, in seconds, for each call (see
             :meth:`fetch_property`); None for no limit.
         store: a :class:`ResultStore`, or the path of one (opened here, closed with
