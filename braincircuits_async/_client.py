@@ -25,6 +25,7 @@ import functools
 import logging
 import math
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
@@ -33,6 +34,7 @@ import anyio
 import anyio.lowlevel
 import httpx
 
+from ._background import BackgroundTasks
 from ._chunking import normalize_segments, validate_project, validate_properties
 from ._config import (
     DEFAULT_BACKOFF_BASE,
@@ -87,6 +89,13 @@ class AsyncClient:
         async with bca.AsyncClient(project="fruitfly_fafb_flywire") as client:
             result = await client.fetch_property("link_pre", segment_ids)
         result[720575940634474894]   # {'nr_pre': 3847, 'nr_downstream_partner': 1772}
+
+    Or, in a notebook, as one client for the whole session: create it in one cell,
+    ``await`` its methods in any later cell, and ``await client.aclose()`` when
+    done. It opens its connections on first use, and any task of that event loop
+    may close it; a client left unclosed warns (``ResourceWarning``) when it is
+    garbage-collected. It belongs to the event loop that first used it: from any
+    other it raises :class:`UsageError`.
 
     Args:
         token: BrainCircuits.io access token; default: env ``BRAINCIRCUITS_TOKEN``.
@@ -201,8 +210,9 @@ class AsyncClient:
         # Built once, from narrow parts: nothing below the client sees the client.
         self._wire = Wire.for_config(self._config, transport, self._credentials, self.stats)
         self._http = self._wire.pools
-        # Hosts the producers of iter_property streams: they must outlive a `break`.
-        self._tasks: anyio.abc.TaskGroup | None = None
+        # The producers of iter_property streams: they must outlive a `break`, and
+        # any task of the loop may close the client (a notebook's next cell).
+        self._tasks = BackgroundTasks()
         # The event loop of the first use: connections and tasks belong to it.
         self._loop: object | None = None
         # Opened last: nothing above can fail and leave it open.
@@ -240,9 +250,6 @@ class AsyncClient:
     async def __aenter__(self) -> AsyncClient:
         self._on_its_loop()
         await self._http.open()
-        tasks = anyio.create_task_group()
-        await tasks.__aenter__()
-        self._tasks = tasks
         return self
 
     async def __aexit__(
@@ -256,16 +263,12 @@ class AsyncClient:
     async def aclose(self) -> None:
         """Close the connections and stop any stream. The client cannot be used afterwards.
 
-        Call it on the event loop the client was used on: its connections belong there.
+        Any task of the event loop the client was used on may close it (in a
+        notebook: a later cell); ``async with`` does it for you.
         """
         self._on_its_loop()
-        tasks, self._tasks = self._tasks, None
         try:
-            if tasks is not None:
-                # Must run in the task that opened the client (anyio task groups are
-                # bound to it): open and close it with one `async with`.
-                tasks.cancel_scope.cancel()
-                await tasks.__aexit__(None, None, None)
+            await self._tasks.aclose()
         finally:
             try:
                 await self._http.aclose()
@@ -274,6 +277,17 @@ class AsyncClient:
                     # Closing checkpoints the write-ahead log: file work, off the loop.
                     with anyio.CancelScope(shield=True):
                         await anyio.to_thread.run_sync(self._store.close)
+
+    def __del__(self) -> None:
+        # As an unclosed file does: the connections (and a store) stay open until then.
+        http = getattr(self, "_http", None)
+        if getattr(self, "_loop", None) is not None and http is not None and not http.is_closed:
+            warnings.warn(
+                f"unclosed {self!r}: close it with `await client.aclose()`, or use "
+                "`async with bca.AsyncClient(...) as client:`",
+                ResourceWarning,
+                stacklevel=2,
+            )
 
     async def fetch_property(
         self,
@@ -414,17 +428,11 @@ class AsyncClient:
         :class:`IncompleteResultError` at the end, after every other chunk (or,
         when no chunk at all could be fetched, that chunk's own error).
 
-        The client must be open (``async with AsyncClient(...) as client``): the
-        stream's requests run in the client's own task group, which outlives a
-        ``break`` in the loop.
+        The stream's requests run in a task of the client's own, which outlives a
+        ``break`` in the loop; closing the client stops it.
         """
         (prop,), proj, ids = self._prepare([property], segments, project)
         limit = self._deadline(deadline)
-        if self._tasks is None:
-            raise ClientClosedError(
-                "iter_property needs an open client: use it inside "
-                "`async with AsyncClient(...) as client:`"
-            )
         # As many buffered results as workers: a worker whose chunk is done need not
         # wait for the reader, and results fetched before an error reach it first.
         stream = PropertyStream(buffer=2 * self._config.max_concurrency)
@@ -441,7 +449,7 @@ class AsyncClient:
             call = self._call(target, plan, Reference(), reporter=reporter, sink=producer.put)
             await self._fetch([call], limit, started, streaming=True)
 
-        self._tasks.start_soon(producer.run, run, lambda: close_reporter(reporter))
+        self._tasks.start(functools.partial(producer.run, run, lambda: close_reporter(reporter)))
         return stream
 
     # --- the one orchestration -------------------------------------------------------
