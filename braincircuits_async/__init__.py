@@ -34,7 +34,7 @@ from ._progress import Progress
 from ._stats import ClientStats
 from ._store import ResultStore
 from ._stream import PropertyStream
-from ._sync import fetch_property
+from ._sync import fetch_properties, fetch_property
 from ._version import __version__
 
 __all__ = [
@@ -64,6 +64,7 @@ __all__ = [
     "StoreError",
     "UsageError",
     "__version__",
+    "fetch_properties",
     "fetch_property",
 ]
 

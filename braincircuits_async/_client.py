@@ -59,6 +59,7 @@ from ._config import (
     resolve_token,
 )
 from ._exceptions import BrainCircuitsError, ClientClosedError, UsageError
+from ._interrupts import cancelled_with_note, interrupted_note
 from ._models import SegmentPropertyResult
 from ._policy import Outcome, refetch_target, settle, stale_slices, with_partial
 from ._progress import CombinedProgress, ProgressArg, Reporter, close_reporter, make_reporter
@@ -381,17 +382,21 @@ class AsyncClient:
             CombinedProgress(reporter, total) if reporter is not None and len(props) > 1 else None
         )
         reference = Reference()
+        calls: list[Call] = []
         try:
-            calls = [
-                self._call(
-                    target,
-                    await self._plan(target, ids),
-                    reference,
-                    reporter=combined.reporter_for(i) if combined else reporter,
+            for i, target in enumerate(targets):
+                plan = await self._plan(target, ids)
+                calls.append(
+                    self._call(
+                        target,
+                        plan,
+                        reference,
+                        reporter=combined.reporter_for(i) if combined else reporter,
+                    )
                 )
-                for i, target in enumerate(targets)
-            ]
             return await self._fetch(calls, limit, started)
+        except anyio.get_cancelled_exc_class() as cancelled:
+            raise self._interrupted(cancelled, props, calls, total) from None
         finally:
             close_reporter(reporter)
 
@@ -589,6 +594,19 @@ class AsyncClient:
         )
 
     # --- before any request -----------------------------------------------------------
+
+    def _interrupted(
+        self, cancelled: BaseException, props: list[str], calls: list[Call], total: int
+    ) -> BaseException:
+        """A notebook's interrupt: one line saying what was fetched, not anyio's frames."""
+        fetched = sum(a.end - a.start for c in calls for a in c.answers.values() if not a.stored)
+        store = None if self._store is None else str(self._store.path)
+        what = (
+            f"fetch_properties({','.join(props)})"
+            if len(props) > 1
+            else f"fetch_property({props[0]!r})"
+        )
+        return cancelled_with_note(cancelled, interrupted_note(what, fetched, total, store))
 
     def _deadline(self, deadline: float | None) -> float | None:
         if deadline is None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import anyio
 import pytest
 
 import braincircuits_async as bca
@@ -27,15 +26,6 @@ def test_blocking_fetch_property_runs_the_async_client() -> None:
             base_url=url,
         )
     assert result[720575940634474894] == fake.expected("link_pre", 720575940634474894)
-
-
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_blocking_fetch_inside_an_event_loop_says_to_await(backend: str) -> None:
-    async def main() -> None:
-        with pytest.raises(RuntimeError, match=r"await client\.fetch_property"):
-            bca.fetch_property("size", [1], project="p", token="t")
-
-    anyio.run(main, backend=backend)
 
 
 def write(folder: Path, name: str, token: str) -> None:
