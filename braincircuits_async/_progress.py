@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,16 +42,38 @@ ProgressArg = bool | Callable[[Progress], object] | None
 Reporter = Callable[[Progress], object]
 
 
+def in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (not a terminal IPython)."""
+    ipython = sys.modules.get("IPython")
+    get = getattr(ipython, "get_ipython", None)
+    shell = get() if get is not None else None
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+def _bar_class() -> Any:
+    """tqdm's widget bar in a notebook with ipywidgets, else its text bar.
+
+    Not ``tqdm.auto``: in a notebook without ipywidgets it warns "IProgress not
+    found" and then draws a text bar anyway.
+    """
+    try:
+        if in_notebook() and importlib.util.find_spec("ipywidgets") is not None:
+            from tqdm.notebook import tqdm
+        else:
+            from tqdm import tqdm
+    except ImportError:
+        raise MissingDependencyError(
+            'progress=True needs tqdm: pip install "braincircuits-async[progress]" '
+            '(in notebooks, "braincircuits-async[notebook]" draws a widget)'
+        ) from None
+    return tqdm
+
+
 class _TqdmReporter:
     """A tqdm bar counting segments, with the retries in its postfix."""
 
     def __init__(self, total: int, description: str) -> None:
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            raise MissingDependencyError(
-                'progress=True needs tqdm: pip install "braincircuits-async[progress]"'
-            ) from None
+        tqdm = _bar_class()
         self._bar: Any = tqdm(total=total, desc=description, unit="seg", unit_scale=True)
         self._shown = 0
         self._retries = 0
