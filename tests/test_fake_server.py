@@ -832,3 +832,27 @@ def test_runners_explain_how_to_install_uvicorn(monkeypatch: pytest.MonkeyPatch)
         serve_in_thread(FakeBrainCircuits()),
     ):
         pass
+
+
+def test_a_server_in_the_background_spans_cells_and_says_how_to_reach_it() -> None:
+    fake = testing.FakeBrainCircuits()
+    server = testing.serve_in_background(fake)
+    try:
+        assert server.url.startswith("http://127.0.0.1:")
+        assert server.environment == {
+            "BRAINCIRCUITS_URL": server.url,
+            "BRAINCIRCUITS_TOKEN": testing.DEFAULT_TOKEN,
+            "BRAINCIRCUITS_CAVE_TOKEN": testing.DEFAULT_CAVE_TOKEN,
+        }
+        assert "serving" in repr(server)
+        with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1]))):
+            pass
+    finally:
+        server.stop()
+        server.stop()  # twice is harmless
+    assert "stopped" in repr(server)
+    with (
+        pytest.raises(OSError),
+        socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=1),
+    ):
+        pass

@@ -74,7 +74,7 @@ from ._app import (
 )
 from ._faults import FAULT_KINDS
 from ._log import FakeLog, RequestRecord
-from ._runner import serve, serve_in_thread
+from ._runner import BackgroundServer, serve, serve_in_background, serve_in_thread
 
 __all__ = [
     "DEFAULT_CAVE_PROJECTS",
@@ -85,10 +85,12 @@ __all__ = [
     "DEFAULT_TOKEN",
     "DOCUMENTED_PROPERTIES",
     "FAULT_KINDS",
+    "BackgroundServer",
     "FakeBrainCircuits",
     "FakeLog",
     "RequestRecord",
     "serve",
+    "serve_in_background",
     "serve_in_thread",
 ]
 

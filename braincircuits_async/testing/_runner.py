@@ -16,7 +16,7 @@ from ._http import ASGIApp
 if TYPE_CHECKING:
     import uvicorn
 
-__all__ = ["serve", "serve_in_thread"]
+__all__ = ["BackgroundServer", "serve", "serve_in_background", "serve_in_thread"]
 
 
 class _QuietInjectedFaults(logging.Filter):
@@ -106,6 +106,69 @@ def serve_in_thread(
         finally:
             server.should_exit = True
             thread.join()
+
+
+class BackgroundServer:
+    """An app served on loopback from a background thread until :meth:`stop`.
+
+    What :func:`serve_in_background` returns: for a notebook session, where a
+    ``with`` block cannot span cells. Also a context manager.
+    """
+
+    def __init__(self, app: ASGIApp, **options: object) -> None:
+        self.app = app
+        self._serving = serve_in_thread(app, **options)  # type: ignore[arg-type]
+        #: The base URL, e.g. ``"http://127.0.0.1:53127"``.
+        self.url: str = self._serving.__enter__()
+        self._stopped = False
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """The environment variables that point a client (or the CLI) at this server.
+
+        ``BRAINCIRCUITS_URL``, and the tokens the fake wants (its test tokens, not
+        secrets): ``os.environ.update(server.environment)``.
+        """
+        env = {"BRAINCIRCUITS_URL": self.url}
+        token = getattr(self.app, "token", None)
+        cave_token = getattr(self.app, "cave_token", None)
+        if isinstance(token, str):
+            env["BRAINCIRCUITS_TOKEN"] = token
+        if isinstance(cave_token, str):
+            env["BRAINCIRCUITS_CAVE_TOKEN"] = cave_token
+        return env
+
+    def stop(self) -> None:
+        """Stop serving and wait for the thread (twice is harmless)."""
+        if not self._stopped:
+            self._stopped = True
+            self._serving.__exit__(None, None, None)
+
+    def __enter__(self) -> BackgroundServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._stopped else "serving"
+        return f"<BackgroundServer {self.url} {state}>"
+
+
+def serve_in_background(app: ASGIApp, **options: object) -> BackgroundServer:
+    """Serve ``app`` on a loopback port from a background thread, until ``.stop()``.
+
+    :func:`serve_in_thread` for a notebook, where one ``with`` block cannot span
+    cells::
+
+        server = serve_in_background(FakeBrainCircuits())
+        os.environ.update(server.environment)   # BRAINCIRCUITS_URL and the tokens
+        ...
+        server.stop()
+
+    ``options`` are :func:`serve_in_thread`'s (``host``, ``port``, ``log_level``).
+    """
+    return BackgroundServer(app, **options)
 
 
 def serve(
