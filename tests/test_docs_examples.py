@@ -2,7 +2,9 @@
 
 The examples are written for the real service (tokens and address from the
 environment); here the environment points them at a loopback fake. A block
-preceded by ``<!-- skip -->`` is illustrative only (shell commands, fragments).
+preceded by ``<!-- skip -->`` is illustrative only (shell commands, fragments); one
+preceded by ``<!-- notebook -->`` is a notebook cell, run in a real kernel by
+``test_notebook.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pytest
 from braincircuits_async import testing
 
 ROOT = Path(__file__).resolve().parent.parent
-BLOCK = re.compile(r"(<!-- skip -->\s*\n)?```python\n(.*?)```", re.S)
+BLOCK = re.compile(r"(<!-- (?:skip|notebook[^>]*) -->\s*\n)?```python\n(.*?)```", re.S)
 GUIDE = ROOT / "docs" / "testing.md"  # its examples are a pytest module, run as one
 
 
@@ -62,7 +64,11 @@ def test_the_docs_have_examples() -> None:
 def test_example_runs(where: str, code: str, capsys: pytest.CaptureFixture[str]) -> None:
     exec(compile(code, where, "exec"), {"__name__": "__main__"})
     if "print(" in code:
-        assert capsys.readouterr().out
+        printed = capsys.readouterr().out
+        assert printed
+        # A comment ending in `-> value` says what that print shows: it must.
+        for shown in re.findall(r"^\s*print\(.*#.*-> (.+)$", code, re.M):
+            assert shown.strip() in printed.splitlines(), (shown, printed)
 
 
 def test_the_testing_guide_examples_pass_under_pytest(tmp_path: Path) -> None:
