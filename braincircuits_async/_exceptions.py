@@ -116,8 +116,7 @@ class UsageError(BrainCircuitsError, RuntimeError):
 
 
 class ClientClosedError(UsageError):
-    """The client was closed (it cannot be reopened: create a new one), or a stream
-    needs an open client."""
+    """The client was closed (it cannot be reopened: create a new one)."""
 
 
 class StoreError(BrainCircuitsError):
