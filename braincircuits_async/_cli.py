@@ -1,9 +1,13 @@
 """The ``braincircuits-async`` command: ``fetch``, ``export``, ``demo`` and ``fake-server``.
 
 This module holds every command's parser and :func:`main`; ``_cli_fetch`` runs
-``fetch`` and ``export``, ``_cli_fake`` the two commands of the fake server.
-The CLI never prints a token and takes none on its command line (where shell
+``fetch`` and ``export`` (reading ids with ``_cli_ids``, writing with ``_export``),
+``_cli_fake`` the two commands of the fake server, and ``_cli_messages`` words
+what the user reads in the CLI's terms (options, environment variables, ``-v``).
+The CLI never prints a real token and takes none on its command line (where shell
 history would keep it): tokens come from the environment, as for the library.
+(``fake-server`` prints the fake's own test tokens: public values, printed so
+that a shell can be pointed at it.)
 Exit codes: 0 success, 1 some segments failed (the rest are written), 2 bad
 usage, bad input, a token problem or a store that cannot be used, 130 Ctrl-C,
 143 SIGTERM.
@@ -19,6 +23,7 @@ from ._cli_fake import demo as _demo
 from ._cli_fake import fake_server as _fake_server
 from ._cli_fetch import export as _export
 from ._cli_fetch import fetch as _fetch
+from ._cli_messages import cli_message
 from ._config import (
     DEFAULT_BASE_URL,
     DEFAULT_CHUNK_SIZE,
@@ -131,9 +136,9 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
         "--format",
         choices=FORMATS,
         help="jsonl: one JSON object per segment; csv: one column per field, nested "
-        "values as JSON text; parquet: needs -o and the 'parquet' extra (default: the "
-        "extension of OUT, which must then be .jsonl, .csv or .parquet; jsonl on "
-        "standard output)",
+        "values as JSON text; tsv: the same, tab-separated; parquet: needs -o and the "
+        "'parquet' extra (default: the extension of OUT, which must then be .jsonl, "
+        ".csv, .tsv or .parquet; jsonl on standard output)",
     )
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
 
@@ -149,9 +154,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
     fetch = commands.add_parser(
         "fetch",
-        help="fetch one property of the segment ids in a file, to JSON lines, CSV or Parquet",
-        description="Fetch PROPERTY for every segment id in the --ids file (one id per "
-        "line; blank lines and # comments are skipped) and write one record per segment. "
+        help="fetch properties of the segment ids in a file, to JSON lines, CSV, TSV or Parquet",
+        description="Fetch each PROPERTY for every segment id in the --ids file (one id "
+        "per line, or a column of a CSV/TSV file; blank lines and # comments are skipped) "
+        "and write one record per segment: several properties come from one "
+        "materialization, into one table. "
         "Everything that can be checked is checked before the first request: the ids, "
         "OUT's folder, format and library, the --failed-ids folder, the store. "
         "Tokens come from BRAINCIRCUITS_TOKEN and BRAINCIRCUITS_CAVE_TOKEN (or CAVE_TOKEN, "
@@ -162,13 +169,27 @@ def _build_parser() -> argparse.ArgumentParser:
         "bad ids, an output that cannot be written, a token problem or an unusable store "
         "(found before the first request, these send nothing); 130 Ctrl-C; 143 SIGTERM.",
     )
-    fetch.add_argument("property", help="the property, e.g. link_pre, size, connectivity")
+    fetch.add_argument(
+        "properties",
+        nargs="+",
+        metavar="PROPERTY",
+        help="the properties, e.g. link_pre, size, connectivity; several as size,link_pre "
+        "or size link_pre: one table, a row per segment, columns <property>.<field> "
+        "(JSON lines: a key per property)",
+    )
     fetch.add_argument("--project", required=True, help="the project, e.g. fruitfly_fafb_flywire")
     fetch.add_argument(
         "--ids",
         metavar="FILE",
-        help="file of segment ids, one per line; '-' (or a bare '-' anywhere after "
-        "fetch) reads standard input",
+        help="file of segment ids, one per line, or a CSV/TSV file (see --column); '-' (or "
+        "a bare '-' anywhere after fetch) reads standard input",
+    )
+    fetch.add_argument(
+        "--column",
+        metavar="NAME|N",
+        help="the column of --ids that holds the ids: a name of its header line, or a "
+        "number counting from 1 (default: the only column, or the one header named "
+        "root_id, pt_root_id or segment_id)",
     )
     _add_output_options(fetch)
     fetch.add_argument(
@@ -222,7 +243,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help=f"API address (default: BRAINCIRCUITS_URL, else {DEFAULT_BASE_URL})",
     )
     fetch.add_argument(
-        "-v", "--verbose", action="store_true", help="log each retry on standard error"
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="-v: log each retry (with its backoff), split and give-up on standard error; "
+        "-vv: also one line per request",
     )
 
     export = commands.add_parser(
@@ -274,8 +300,9 @@ def _build_parser() -> argparse.ArgumentParser:
     fake = commands.add_parser(
         "fake-server",
         help="run the fake BrainCircuits server on a loopback port until Ctrl+C",
-        description="Serve the fake segment-property endpoint over HTTP. It accepts the "
-        "tokens braincircuits_async.testing.DEFAULT_TOKEN and DEFAULT_CAVE_TOKEN. "
+        description="Serve the fake segment-property endpoint over HTTP until Ctrl+C. "
+        "It prints, on standard output, the export lines that point a shell at it: its "
+        "address and the fake's own test tokens (public values, not secrets). "
         "Needs the 'fake' extra: pip install \"braincircuits-async[fake]\".",
     )
     fake.add_argument(
@@ -339,9 +366,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _export(args, sys.stdout, sys.stderr)
         if args.command == "demo":
             return _demo(args, sys.stdout, sys.stderr)
-        return _fake_server(args, sys.stderr)
+        return _fake_server(args, sys.stdout)
     except (ImportError, OSError, ValueError, TypeError, AuthenticationError, StoreError) as error:
-        print(f"braincircuits-async: error: {error}", file=sys.stderr)
+        print(f"braincircuits-async: error: {cli_message(str(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shlex
 import threading
 import time
 from typing import TextIO
@@ -18,7 +19,7 @@ from ._client import AsyncClient
 from ._exceptions import BrainCircuitsError
 from ._models import SegmentPropertyResult
 
-__all__ = ["FAULT_MIX", "demo", "fake_server"]
+__all__ = ["FAULT_MIX", "banner", "demo", "fake_server"]
 
 #: The faults the demo and fake-server spread ``--fault-rate`` over, in equal shares.
 FAULT_MIX = ("429", "500", "502", "503", "504", "drop", "truncate")
@@ -38,7 +39,27 @@ def _fake_faults(args: argparse.Namespace) -> dict[str, float]:
     return args.faults if args.faults is not None else _fault_table(args.fault_rate)
 
 
-def fake_server(args: argparse.Namespace, err: TextIO) -> int:
+def banner(base_url: str, token: str | None, cave_token: str | None) -> str:
+    """What ``fake-server`` prints: a shell snippet that points a client at the fake.
+
+    The ``export`` lines set the address and the fake's own test tokens (public
+    values, the same for every fake: printing them is the point; a real token is
+    never printed); every other line is a ``#`` comment, so the whole text can be
+    saved and sourced (``fake-server > fake.env &``, then ``. ./fake.env``).
+    """
+    lines = [
+        f"# fake BrainCircuits server on {base_url}; Ctrl+C to stop",
+        "# to use it from a shell (these are the fake's public test tokens, not secrets):",
+        f"export BRAINCIRCUITS_URL={shlex.quote(base_url)}",
+    ]
+    if token is not None:
+        lines.append(f"export BRAINCIRCUITS_TOKEN={shlex.quote(token)}")
+    if cave_token is not None:
+        lines.append(f"export BRAINCIRCUITS_CAVE_TOKEN={shlex.quote(cave_token)}")
+    return "\n".join(lines)
+
+
+def fake_server(args: argparse.Namespace, out: TextIO) -> int:
     """``braincircuits-async fake-server``: serve the fake on a loopback port until Ctrl+C."""
     from .testing import FakeBrainCircuits, serve_in_thread
 
@@ -55,14 +76,7 @@ def fake_server(args: argparse.Namespace, err: TextIO) -> int:
     )
     # Served from a thread so that the address printed is the one bound (--port 0).
     with serve_in_thread(fake, host=args.host, port=args.port) as base_url:
-        print(
-            f"fake BrainCircuits server on {base_url}\n"
-            f"  export BRAINCIRCUITS_URL={base_url}\n"
-            "  tokens: braincircuits_async.testing.DEFAULT_TOKEN and DEFAULT_CAVE_TOKEN\n"
-            "  Ctrl+C to stop",
-            file=err,
-            flush=True,
-        )
+        print(banner(base_url, fake.token, fake.cave_token), file=out, flush=True)
         threading.Event().wait()  # until Ctrl+C; main() turns that into exit 130
     return 0
 

@@ -5,7 +5,9 @@ folder, format and library, the ``--failed-ids`` folder, the ids, the store),
 so a long run cannot fail at its end for a reason known at its start. With
 ``--store``, every chunk is committed to the store as it arrives: a run stopped
 by Ctrl-C, SIGTERM, SIGKILL or a refused token, run again with the same
-arguments, fetches only what is missing and then writes OUT.
+arguments, fetches only what is missing and then writes OUT. Several properties
+are one ``fetch_properties`` call (one materialization across them all, resumed
+from the store alike) and one table (see ``_export.table``).
 
 What is written when a fetch fails (exit status in brackets):
 
@@ -22,11 +24,10 @@ What is written when a fetch fails (exit status in brackets):
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +35,8 @@ from typing import TextIO, TypeVar
 
 import anyio
 
+from ._cli_ids import read_ids
+from ._cli_messages import cli_logging, cli_message
 from ._client import AsyncClient
 from ._exceptions import (
     AuthenticationError,
@@ -49,15 +52,16 @@ from ._export import (
     OutputError,
     check_writable_folder,
     prepare_output,
-    read_ids,
+    table,
     write_ids,
     write_result,
 )
 from ._models import SegmentPropertyResult
 from ._retry import is_fatal
+from ._stats import ClientStats
 from ._store import ResultStore
 
-__all__ = ["EXIT_TERMINATED", "exit_status", "export", "fetch", "not_fetched"]
+__all__ = ["EXIT_TERMINATED", "exit_status", "export", "fetch", "not_fetched", "property_names"]
 
 #: The exit status after a SIGTERM (128 + 15, as the shell reports a process it killed).
 EXIT_TERMINATED = 143
@@ -67,12 +71,13 @@ _T = TypeVar("_T")
 
 @dataclass(frozen=True)
 class _Outcome:
-    """How a fetch ended: what it got, which ids failed and why, the error that stopped it."""
+    """How a fetch ended: what it got of each property (``{}`` if nothing), which ids
+    failed and why, the error that stopped it."""
 
-    result: SegmentPropertyResult | None
+    results: Mapping[str, SegmentPropertyResult]
     failures: Mapping[int, str]
     error: BrainCircuitsError | None  # None: finished, perhaps with failed chunks
-    requests: int
+    stats: ClientStats
 
 
 def exit_status(error: BrainCircuitsError) -> int:
@@ -87,12 +92,25 @@ def exit_status(error: BrainCircuitsError) -> int:
     return 1
 
 
-def not_fetched(ids: Iterable[int], result: SegmentPropertyResult | None) -> list[int]:
-    """The requested ids neither in ``result`` nor unknown to the server, once each,
-    in request order: what ``--failed-ids`` writes."""
-    unknown = frozenset(() if result is None else result.missing)
-    held: Mapping[int, object] = {} if result is None else result
-    return [s for s in dict.fromkeys(ids) if s not in held and s not in unknown]
+def not_fetched(ids: Iterable[int], results: Sequence[SegmentPropertyResult]) -> list[int]:
+    """The requested ids that some property of ``results`` neither holds nor knows to
+    be unknown to the server, once each, in request order: what ``--failed-ids``
+    writes (with no results, every id)."""
+    if not results:
+        return list(dict.fromkeys(ids))
+    unknown = [frozenset(r.missing) for r in results]
+    return [
+        s
+        for s in dict.fromkeys(ids)
+        if any(s not in r and s not in u for r, u in zip(results, unknown, strict=True))
+    ]
+
+
+def property_names(words: Sequence[str]) -> list[str]:
+    """The properties of ``fetch size,link_pre`` or ``fetch size link_pre``: split at
+    commas, blanks dropped, each once, in the order given."""
+    names = [n.strip() for word in words for n in word.split(",")]
+    return list(dict.fromkeys(n for n in names if n))
 
 
 # --- fetch -----------------------------------------------------------------------------
@@ -108,14 +126,18 @@ def fetch(args: argparse.Namespace, stdin: TextIO, out: TextIO, err: TextIO) -> 
     output, fmt = prepare_output(args.output, args.format, force=args.force)
     if failed_ids is not None:
         check_writable_folder(failed_ids, "--failed-ids")
-    ids = _read_ids(args.ids, stdin)
-    if args.verbose:
-        logging.basicConfig(level=logging.INFO, stream=err, format="%(message)s")
+    ids = _read_ids(args.ids, args.column, stdin)
+    properties = property_names(args.properties)
+    if not properties:
+        raise InvalidArgumentError("give at least one property, e.g. fetch size,link_pre ...")
     progress = err.isatty() if args.progress is None else args.progress
     # Opened last, so that a check failing above leaves no new store file behind.
     store = None if store_path is None else ResultStore(store_path)
     try:
-        outcome = anyio.run(_until_sigterm, lambda: _run(args, ids, store, progress))
+        with cli_logging(args.verbose, err):
+            outcome = anyio.run(
+                _until_sigterm, lambda: _run(args, properties, ids, store, progress)
+            )
     except KeyboardInterrupt:
         _say_resumable(store, "interrupted", err)
         raise
@@ -125,11 +147,15 @@ def fetch(args: argparse.Namespace, stdin: TextIO, out: TextIO, err: TextIO) -> 
     if outcome is None:
         _say_resumable(store, "stopped by SIGTERM", err)
         return EXIT_TERMINATED
-    return _finish(outcome, ids, fmt, output, failed_ids, store, out, err)
+    return _finish(outcome, properties, ids, fmt, output, failed_ids, store, out, err)
 
 
 async def _run(
-    args: argparse.Namespace, ids: list[int], store: ResultStore | None, progress: bool
+    args: argparse.Namespace,
+    properties: list[str],
+    ids: list[int],
+    store: ResultStore | None,
+    progress: bool,
 ) -> _Outcome:
     async with AsyncClient(
         base_url=args.base_url,
@@ -141,17 +167,19 @@ async def _run(
         deadline=args.deadline,
         store=store,
     ) as client:
+        # One call for every property: one materialization across them all.
         try:
-            result = await client.fetch_property(args.property, ids, progress=progress)
+            results = await client.fetch_properties(properties, ids, progress=progress)
         except IncompleteResultError as error:
-            return _Outcome(error.result, error.failures, None, client.stats.requests)
+            return _Outcome(error.results, error.failures, None, client.stats)
         except BrainCircuitsError as error:
-            return _Outcome(error.result, {}, error, client.stats.requests)
-        return _Outcome(result, {}, None, client.stats.requests)
+            return _Outcome(error.results, {}, error, client.stats)
+        return _Outcome(results, {}, None, client.stats)
 
 
 def _finish(
     outcome: _Outcome,
+    properties: list[str],
     ids: list[int],
     fmt: str,
     output: Path | None,
@@ -161,16 +189,21 @@ def _finish(
     err: TextIO,
 ) -> int:
     """Write what the fetch got (OUT, ``--failed-ids``), say so, return the exit status."""
-    result, error = outcome.result, outcome.error
+    error = outcome.error
+    results = [outcome.results[p] for p in properties if p in outcome.results]
     where = "standard output" if output is None else repr(str(output))
+
+    def write() -> None:
+        rows = table(results, properties, dict.fromkeys(ids), nested=fmt == "jsonl")
+        write_result(rows, fmt, output, out)
+
     if error is None:
-        assert result is not None
-        write_result(result, fmt, output, out)
-        _summary(result, len(outcome.failures), outcome.requests, err)
+        write()
+        _summary(results, len(outcome.failures), outcome.stats, err)
         status = 1 if outcome.failures else 0
     else:
-        print(f"braincircuits-async: {type(error).__name__}: {error}", file=err)
-        got = 0 if result is None else len(result) + len(result.missing)
+        print(f"braincircuits-async: {type(error).__name__}: {cli_message(str(error))}", file=err)
+        got = len({s for r in results for s in (*r, *r.missing)})
         if got and store is not None:
             print(
                 f"{got:,} of {len(set(ids)):,} segment(s) are in the result store "
@@ -181,14 +214,14 @@ def _finish(
         elif got and isinstance(error, InconsistentMaterializationError):
             # Its result mixes materializations: no table may do that.
             print(f"{where} was not written: the values fetched disagree", file=err)
-        elif got and result is not None:
-            write_result(result, fmt, output, out)
+        elif got:
+            write()
             print(
                 f"the {got:,} segment(s) fetched before the error were written to {where}", file=err
             )
         status = exit_status(error)
     if failed_ids is not None:
-        missed = not_fetched(ids, result)
+        missed = not_fetched(ids, results if len(results) == len(properties) else [])
         write_ids(missed, failed_ids)
         if missed:
             print(
@@ -199,15 +232,23 @@ def _finish(
     if outcome.failures:
         reasons = sorted(set(outcome.failures.values()))
         more = f" (+{len(reasons) - 1} more)" if reasons[1:] else ""
-        print(f"failed: {reasons[0]}{more}", file=err)
+        print(f"failed: {cli_message(reasons[0])}{more}", file=err)
     return status
 
 
-def _summary(result: SegmentPropertyResult, failed: int, requests: int, err: TextIO) -> None:
+def _summary(
+    results: Sequence[SegmentPropertyResult], failed: int, stats: ClientStats, err: TextIO
+) -> None:
+    """The last line of a fetch: segments written, unknown and failed, the
+    materialization, and what it took (requests, retries, splits)."""
+    written = len({s for r in results for s in r})
+    unknown = len(frozenset.intersection(*(frozenset(r.missing) for r in results)))
+    timestamp = next((r.materialized_timestamp for r in results if r.materialized_timestamp), None)
     print(
-        f"{len(result):,} segment(s) written, {len(result.missing):,} unknown to the server, "
-        f"{failed:,} failed; materialized_timestamp {result.materialized_timestamp}; "
-        f"{requests:,} request(s) sent",
+        f"{written:,} segment(s) written, {unknown:,} unknown to the server, "
+        f"{failed:,} failed; materialized_timestamp {timestamp}; "
+        f"{stats.requests:,} request(s) sent ({stats.retries:,} retried, "
+        f"{stats.splits:,} split)",
         file=err,
     )
 
@@ -221,13 +262,13 @@ def _say_resumable(store: ResultStore | None, what: str, err: TextIO) -> None:
         )
 
 
-def _read_ids(source: str | None, stdin: TextIO) -> list[int]:
+def _read_ids(source: str | None, column: str | None, stdin: TextIO) -> list[int]:
     if source is None:
         raise InvalidArgumentError("give the ids with --ids FILE, or '-' to read standard input")
     if source == "-":
-        return read_ids(stdin, "standard input")
+        return read_ids(stdin, "standard input", column=column)
     with open(source, encoding="utf-8") as lines:
-        return read_ids(lines, source)
+        return read_ids(lines, source, column=column)
 
 
 def _distinct(paths: Mapping[str, str | Path | None]) -> None:

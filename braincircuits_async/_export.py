@@ -1,4 +1,4 @@
-"""The CLI's files: id files in and out, results as JSON lines, CSV or Parquet.
+"""The CLI's files: results as JSON lines, CSV, TSV or Parquet, and the ids it failed.
 
 Everything that can be checked about an output before the first request is
 checked here (:func:`output_format`, :func:`check_output`), so a day-long fetch
@@ -15,7 +15,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -28,47 +28,24 @@ __all__ = [
     "is_special",
     "output_format",
     "prepare_output",
-    "read_ids",
+    "table",
     "write_atomically",
     "write_csv",
     "write_ids",
     "write_jsonl",
     "write_parquet",
     "write_result",
+    "write_tsv",
 ]
 
 #: The output formats, each also the extension of OUT that picks it.
-FORMATS = ("jsonl", "csv", "parquet")
+FORMATS = ("jsonl", "csv", "tsv", "parquet")
 
 _PARQUET_NEEDS = 'parquet output needs pyarrow: pip install "braincircuits-async[parquet]"'
 
 
-class IdFileError(InvalidArgumentError):
-    """A line of an id file is not a segment id; says which line."""
-
-
 class OutputError(InvalidArgumentError):
     """An output cannot be written where it was asked for; says what to fix."""
-
-
-def read_ids(lines: Iterable[str], source: str) -> list[int]:
-    """Segment ids, one per line; blank lines and ``#`` comments are skipped.
-
-    Raises :class:`IdFileError` naming the first bad line, so nothing is
-    fetched for a file with a typo in it.
-    """
-    ids: list[int] = []
-    for number, line in enumerate(lines, start=1):
-        text = line.split("#", 1)[0].strip()
-        if not text:
-            continue
-        if not (text.isascii() and text.isdigit()) or len(text) > 20 or int(text) >= 2**64:
-            raise IdFileError(
-                f"{source}, line {number}: {text[:40]!r} is not a segment id "
-                "(a non-negative integer below 2**64, one per line)"
-            )
-        ids.append(int(text))
-    return ids
 
 
 def _fields(data: Mapping[int, Mapping[str, Any]]) -> list[str]:
@@ -135,8 +112,20 @@ def write_jsonl(data: Mapping[int, Mapping[str, Any]], out: TextIO) -> None:
 def write_csv(data: Mapping[int, Mapping[str, Any]], out: TextIO) -> None:
     """A header, then one row per segment; nested values as JSON text, NaN and
     infinities as empty cells, strings UTF-8 can always encode."""
+    _write_delimited(data, out, ",")
+
+
+def write_tsv(data: Mapping[int, Mapping[str, Any]], out: TextIO) -> None:
+    """As :func:`write_csv`, tab-separated: the TSV that pandas (``sep="\\t"``), R's
+    ``read.delim`` and spreadsheets read. A cell holding a tab, a line break or a
+    double quote is quoted as in CSV (JSON text of lists of numbers never is), so
+    every file parses back to the same cells whatever the values."""
+    _write_delimited(data, out, "\t")
+
+
+def _write_delimited(data: Mapping[int, Mapping[str, Any]], out: TextIO, delimiter: str) -> None:
     fields = _fields(data)
-    writer = csv.writer(out, lineterminator="\n")
+    writer = csv.writer(out, delimiter=delimiter, lineterminator="\n")
     writer.writerow(["segment_id", *map(_text, fields)])
     for segment, value in data.items():
         writer.writerow([segment, *(_cell(value.get(f)) for f in fields)])
@@ -159,7 +148,7 @@ def write_parquet(data: Mapping[int, Mapping[str, Any]], path: Path) -> None:
 
 
 def write_ids(ids: Iterable[int], path: Path) -> None:
-    """One id per line, the format :func:`read_ids` reads; an empty file for no ids."""
+    """One id per line, the format ``--ids`` reads; an empty file for no ids."""
 
     def write(partial: Path) -> None:
         with open(partial, "w", encoding="utf-8") as stream:
@@ -172,7 +161,7 @@ def write_result(
     result: Mapping[int, Mapping[str, Any]], fmt: str, path: Path | None, out: TextIO
 ) -> None:
     """Write ``result`` as ``fmt`` to ``path``, or to ``out`` when ``path`` is ``None``."""
-    writer = write_csv if fmt == "csv" else write_jsonl
+    writer = _TEXT_WRITERS.get(fmt, write_jsonl)
     if path is None:
         writer(result, out)
         return
@@ -185,6 +174,48 @@ def write_result(
                 writer(result, stream)
 
     write_atomically(path, write)
+
+
+_TEXT_WRITERS: dict[str, Callable[[Mapping[int, Mapping[str, Any]], TextIO], None]] = {
+    "jsonl": write_jsonl,
+    "csv": write_csv,
+    "tsv": write_tsv,
+}
+
+
+def table(
+    results: Sequence[Mapping[int, Mapping[str, Any]]],
+    names: Sequence[str],
+    order: Iterable[int],
+    *,
+    nested: bool,
+) -> Mapping[int, Mapping[str, Any]]:
+    """The rows to write for the properties ``names`` (their ``results``, in order).
+
+    One property: its result as it is (no copy), rows as before. Several: one row
+    per segment that any of them holds, in ``order`` (the request's): ``nested``
+    (JSON lines) maps each property to its fields, or ``None`` where it has no value
+    for the segment (unknown, or failed); flat (CSV, TSV, Parquet) has a column
+    ``<property>.<field>`` per field, empty where the property has no value.
+    """
+    if len(results) == 1:
+        return results[0]
+    rows: dict[int, dict[str, Any]] = {}
+    if nested:
+        for segment in order:
+            values = [r.get(segment) for r in results]
+            if any(v is not None for v in values):
+                rows[segment] = dict(zip(names, values, strict=True))
+        return rows
+    columns = [(i, f, f"{name}.{f}") for i, name in enumerate(names) for f in _fields(results[i])]
+    for segment in order:
+        values = [r.get(segment) for r in results]
+        if any(v is not None for v in values):
+            rows[segment] = {
+                column: None if (v := values[i]) is None else v.get(field)
+                for i, field, column in columns
+            }
+    return rows
 
 
 def is_special(path: Path) -> bool:
@@ -219,7 +250,7 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
 def output_format(path: Path | None, given: str | None) -> str:
     """The format to write: ``given`` (``--format``), else the extension of ``path``.
 
-    Standard output (``path`` ``None``) is JSON lines unless ``given`` says csv;
+    Standard output (``path`` ``None``) is JSON lines unless ``given`` says csv or tsv;
     a file whose extension is not one of :data:`FORMATS` needs ``given``, so that
     ``-o table.json`` or ``-o table`` is not silently written as JSON lines.
     """
@@ -235,8 +266,8 @@ def output_format(path: Path | None, given: str | None) -> str:
         return extension
     what = f"its extension {path.suffix!r} is not" if path.suffix else "it has no extension, nor"
     raise OutputError(
-        f"-o {str(path)!r}: {what} one of .jsonl, .csv, .parquet; rename it, or say "
-        "which format to write with --format jsonl, csv or parquet"
+        f"-o {str(path)!r}: {what} one of .jsonl, .csv, .tsv, .parquet; rename it, or "
+        "say which format to write with --format jsonl, csv, tsv or parquet"
     )
 
 

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
+import threading
+from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
 import braincircuits_async as bca
-from braincircuits_async import _cli, testing
+from braincircuits_async import _cli, _cli_fake, testing
 
 
 def run_demo(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -66,38 +66,42 @@ def test_help_explains_every_demo_option(capsys: pytest.CaptureFixture[str]) -> 
         assert option in out
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def test_fake_server_command_serves_the_client_over_http() -> None:
-    port = free_port()
+def test_fake_server_prints_the_export_lines_a_client_needs_and_serves_it_over_http() -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "braincircuits_async", "fake-server", "--port", str(port)],
+        [sys.executable, "-m", "braincircuits_async", "fake-server", "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
+        text=True,
     )
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                assert process.poll() is None, process.stderr.read() if process.stderr else ""
-                assert time.monotonic() < deadline, "fake-server did not start"
-                time.sleep(0.05)
+        stdout = process.stdout
+        assert stdout is not None
+        banner: list[str] = []
+        reader = threading.Thread(
+            target=lambda: banner.extend(stdout.readline() for _ in range(5)), daemon=True
+        )
+        reader.start()
+        reader.join(15)
+        assert len(banner) == 5, "fake-server printed no banner on standard output"
+        # The printed text is a shell snippet: comments, then the exports to paste.
+        assert all(line.startswith(("# ", "export ")) for line in banner), banner
+        exports = dict(
+            line.removeprefix("export ").strip().split("=", 1)
+            for line in banner
+            if line.startswith("export ")
+        )
+        assert exports["BRAINCIRCUITS_TOKEN"] == testing.DEFAULT_TOKEN
+        assert exports["BRAINCIRCUITS_CAVE_TOKEN"] == testing.DEFAULT_CAVE_TOKEN
+        assert exports["BRAINCIRCUITS_URL"].startswith("http://127.0.0.1:")  # the port bound
+        assert "DEFAULT_TOKEN" not in "".join(banner)
 
         async def fetch() -> bca.SegmentPropertyResult:
             async with bca.AsyncClient(
-                token=testing.DEFAULT_TOKEN,
-                cave_token=testing.DEFAULT_CAVE_TOKEN,
-                base_url=f"http://127.0.0.1:{port}",
+                token=exports["BRAINCIRCUITS_TOKEN"],
+                cave_token=exports["BRAINCIRCUITS_CAVE_TOKEN"],
+                base_url=exports["BRAINCIRCUITS_URL"],
                 project="fruitfly_fafb_flywire",
             ) as client:
                 return await client.fetch_property("size", range(1, 1001))
@@ -107,5 +111,22 @@ def test_fake_server_command_serves_the_client_over_http() -> None:
         assert {str(k): v for k, v in result.items()} == truth
     finally:
         process.terminate()
-        _, err = process.communicate(timeout=10)
-    assert testing.DEFAULT_TOKEN.encode() not in err  # the command never prints a token
+        process.communicate(timeout=10)
+
+
+def test_the_banner_is_a_shell_snippet_that_quotes_what_it_exports() -> None:
+    text = _cli_fake.banner("http://127.0.0.1:8000", "fake-token", "it's")
+    assert text.splitlines()[2:] == [
+        "export BRAINCIRCUITS_URL=http://127.0.0.1:8000",
+        "export BRAINCIRCUITS_TOKEN=fake-token",
+        "export BRAINCIRCUITS_CAVE_TOKEN='it'\"'\"'s'",
+    ]
+    assert "BRAINCIRCUITS_TOKEN" not in _cli_fake.banner("http://h:1", None, None)
+
+
+def test_the_banner_in_the_docs_is_the_one_printed() -> None:
+    page = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text()
+    banner = _cli_fake.banner(
+        "http://127.0.0.1:8000", testing.DEFAULT_TOKEN, testing.DEFAULT_CAVE_TOKEN
+    )
+    assert f"$ braincircuits-async fake-server --port 8000\n{banner}\n```" in page

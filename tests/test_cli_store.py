@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 import braincircuits_async as bca
-from braincircuits_async import _cli, _cli_fetch, _export, testing
+from braincircuits_async import _cli, _cli_fetch, _cli_ids, _export, testing
 
 PROJECT = "fruitfly_fafb_flywire"
 IDS = [720575940600000000 + 7919 * i for i in range(1200)]
@@ -250,6 +250,36 @@ def test_a_token_refused_mid_run_keeps_the_chunks_and_the_same_command_finishes(
     assert records(out) == fake.expected_results("link_pre", IDS)
 
 
+def test_several_properties_resume_from_the_store_where_they_stopped(
+    gate: Gate, fake: testing.FakeBrainCircuits, ids_file: Path, tmp_path: Path, capsys: Any
+) -> None:
+    store, out = tmp_path / "flywire.sqlite", tmp_path / "both.csv"
+    command = [
+        "fetch", "size,link_pre", "--project", PROJECT, "--ids", str(ids_file),
+        "--store", str(store), "-o", str(out), "--chunk-size", str(CHUNK), "--concurrency", "1",
+    ]  # fmt: skip
+    gate.refuse_after = 7
+    code, _, err = run(capsys, *command)
+    assert code == 2, err
+    assert "run the same command again" in err
+    assert not out.exists()
+    held = stored(store, prop="size") + stored(store, prop="link_pre")
+    assert held == 7 * CHUNK
+
+    gate.refuse_after = None
+    gate.requested.clear()
+    code, _, err = run(capsys, *command)
+    assert code == 0, err
+    assert gate.segments_requested == 2 * len(IDS) - held  # only what the store lacked
+    rows = {r.pop("segment_id"): r for r in csv.DictReader(io.StringIO(out.read_text()))}
+    size, pre = fake.expected_results("size", IDS), fake.expected_results("link_pre", IDS)
+    assert rows == {
+        s: {"size.size": str(size[s]["size"]), "link_pre.nr_pre": str(pre[s]["nr_pre"]),
+            "link_pre.nr_downstream_partner": str(pre[s]["nr_downstream_partner"])}
+        for s in size
+    }  # fmt: skip
+
+
 def test_a_token_refused_mid_run_without_a_store_writes_what_was_fetched(
     gate: Gate, fake: testing.FakeBrainCircuits, ids_file: Path, tmp_path: Path, capsys: Any
 ) -> None:
@@ -297,7 +327,7 @@ def test_failed_ids_round_trip_into_ids(
     assert code == 1
     in_failed_chunks = IDS[CHUNK : 2 * CHUNK] + IDS[7 * CHUNK : 8 * CHUNK]
     with failed.open() as lines:
-        assert _export.read_ids(lines, "failed.txt") == in_failed_chunks
+        assert _cli_ids.read_ids(lines, "failed.txt") == in_failed_chunks
     assert f"{len(in_failed_chunks)} id(s) not fetched are listed in" in err
     first = records(tmp_path / "first.jsonl")
     assert first == fake.expected_results("size", set(IDS) - set(in_failed_chunks))
@@ -329,8 +359,19 @@ def test_not_fetched_are_the_ids_neither_returned_nor_unknown(
     result = bca.SegmentPropertyResult(
         held, property="size", project=PROJECT, materialized_timestamp=1, missing=unknown
     )
-    assert _cli_fetch.not_fetched([3, 1, 2, 3, 1], result) == expected
-    assert _cli_fetch.not_fetched([3, 1, 2], None) == [3, 1, 2]
+    assert _cli_fetch.not_fetched([3, 1, 2, 3, 1], [result]) == expected
+    assert _cli_fetch.not_fetched([3, 1, 2], []) == [3, 1, 2]
+
+
+def test_an_id_is_not_fetched_when_any_property_lacks_it() -> None:
+    def result(prop: str, held: list[int], missing: tuple[int, ...]) -> bca.SegmentPropertyResult:
+        return bca.SegmentPropertyResult(
+            {s: {} for s in held}, property=prop, project=PROJECT, materialized_timestamp=1,
+            missing=missing,
+        )  # fmt: skip
+
+    both = [result("size", [1, 2], (3,)), result("link_pre", [1], (3,))]
+    assert _cli_fetch.not_fetched([1, 2, 3, 4], both) == [2, 4]
 
 
 @pytest.mark.parametrize(
@@ -363,6 +404,9 @@ def test_exit_status_is_2_for_what_a_rerun_would_repeat(
         (Path("out.CSV"), None, "csv"),
         (Path("out.jsonl"), None, "jsonl"),
         (Path("out.parquet"), None, "parquet"),
+        (Path("out.tsv"), None, "tsv"),
+        (Path("out.TSV"), None, "tsv"),
+        (None, "tsv", "tsv"),
         (Path("out.txt"), "jsonl", "jsonl"),
         (Path("out"), "csv", "csv"),
         (Path("out.json"), None, "--format"),
@@ -616,7 +660,7 @@ def test_values_that_disagree_on_the_materialization_are_not_written(
     assert not out.exists()
 
 
-@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "tsv", "parquet"])
 def test_output_is_valid_whatever_the_values(tmp_path: Path, fmt: str) -> None:
     # Values the server may send that JSON lines and CSV cannot hold as they are.
     data = {
@@ -635,8 +679,9 @@ def test_output_is_valid_whatever_the_values(tmp_path: Path, fmt: str) -> None:
         assert rows[0] == {"segment_id": 1, "a": None, "b": "lone \ud800 surrogate",
                            "c": [None, {"d": None}]}  # fmt: skip
         assert rows[1]["b"] == "ünï"
-    elif fmt == "csv":
-        rows = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
+    elif fmt in ("csv", "tsv"):
+        text = io.StringIO(out.read_text(encoding="utf-8"))
+        rows = list(csv.DictReader(text, delimiter="," if fmt == "csv" else "\t"))
         assert rows[0]["a"] == ""
         assert rows[0]["b"] == "lone \\ud800 surrogate"
         assert json.loads(rows[0]["c"], parse_constant=pytest.fail) == [None, {"d": None}]

@@ -205,5 +205,6 @@ def test_fetch_help_explains_each_option(capsys: Any) -> None:
         _cli.main(["fetch", "--help"])
     assert exited.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--project", "--ids", "--output", "--format", "--force", "--progress"):
+    for option in ("--project", "--ids", "--column", "--output", "--format", "tsv", "--force",
+                   "--progress", "-vv", "<property>.<field>"):  # fmt: skip
         assert option in text
