@@ -3,7 +3,8 @@
 What to do with an answer's materialization (:func:`judge_timestamp`), which
 chunks are stale (:func:`stale_slices`), when a chunk splits
 (:func:`split_decision`), which slices a deadline cut off (:func:`uncovered`),
-how failures become reasons (:func:`failure_reasons`), and how finished calls
+how failures become reasons (:func:`failure_reasons`), whether the server
+looks down so a call stops sending (:func:`brake`), and how finished calls
 settle into results or one error (:func:`settle`). ``fetch_property``,
 ``fetch_properties`` and the end of a stream all settle here, so they cannot
 drift apart. Each has a table test in ``tests/test_policy.py``.
@@ -21,6 +22,8 @@ from dataclasses import dataclass, field
 
 from ._config import Consistency
 from ._exceptions import (
+    APIConnectionError,
+    APIError,
     APIStatusError,
     APITimeoutError,
     BrainCircuitsError,
@@ -32,16 +35,24 @@ from ._merge import ChunkAnswer, chunk_result, merge_answers
 from ._models import SegmentPropertyResult
 
 __all__ = [
+    "Brake",
     "Outcome",
     "Split",
+    "TooLarge",
     "Verdict",
+    "brake",
+    "brake_budget",
     "failure_reasons",
     "judge_timestamp",
     "refetch_target",
+    "server_down",
+    "server_down_error",
     "settle",
     "split_decision",
     "stale_slices",
     "stream_disagreement",
+    "too_large_after",
+    "too_large_error",
     "uncovered",
     "with_partial",
 ]
@@ -115,34 +126,151 @@ def stale_slices(answers: Iterable[ChunkAnswer], target: int | None) -> list[Sli
 class Split(enum.Enum):
     """What to do with a chunk whose retries ended in ``error``."""
 
-    HALVE = "halve"  # queue both halves as chunks of their own
+    HALVE = "halve"  # queue both halves as chunks of their own, tried first
+    PROBE = "probe"  # try its first segment alone first: is the 413 about size?
     AGAIN_WHOLE = "again whole"  # stop splitting on timeouts; queue it again as it is
     FAIL = "fail"  # record the chunk as failed
+    NOT_SIZE = "not size"  # record it as failed: a 413 that splitting does not cure
+
+
+class TooLarge(enum.Enum):
+    """What a call learned of the server's 413s (see :func:`too_large_after`)."""
+
+    UNKNOWN = "unknown"  # no evidence yet
+    SIZE = "size"  # a piece of a refused chunk was answered: splitting helps
+    NOT_SIZE = "not size"  # a single segment was refused: size is not the trouble
 
 
 def split_decision(
-    error: BrainCircuitsError, size: int, *, split_on_timeout: bool, timeout_half: bool
+    error: BrainCircuitsError,
+    size: int,
+    *,
+    split_on_timeout: bool,
+    timeout_half: bool,
+    too_large: TooLarge,
 ) -> Split:
     """Whether a failed chunk of ``size`` ids splits.
 
-    A 413 halves it (down to single ids). Timeouts halve a chunk too, while that
-    helps: ``timeout_half`` says the chunk is itself a half of one split for
-    timing out; when it times out as well, size was not the trouble, so
-    splitting on timeouts stops for the call and the chunk goes again whole,
-    with its full retries.
+    A 413 splits a chunk while that helps, as ``too_large`` tells: before the
+    call knows, the chunk's first segment is tried alone first (one request
+    answers "is it the size?"; a server that refuses everything would otherwise
+    see every chunk halved down to single ids); once a piece was answered, 413s
+    halve chunks down to single ids; once a single segment was refused, size is
+    not the trouble, and every 413 fails its chunk with that reason.
+
+    Timeouts halve a chunk too, while that helps: ``timeout_half`` says the chunk
+    is itself a half of one split for timing out; when it times out as well,
+    size was not the trouble, so splitting on timeouts stops for the call and the
+    chunk goes again whole, with its full retries.
     """
+    if isinstance(error, APIStatusError) and error.status_code == 413:
+        if too_large is TooLarge.NOT_SIZE or (size < 2 and too_large is TooLarge.UNKNOWN):
+            return Split.NOT_SIZE
+        if size < 2:
+            return Split.FAIL  # a segment refused where smaller requests were answered
+        return Split.PROBE if too_large is TooLarge.UNKNOWN else Split.HALVE
     if size < 2:
         return Split.FAIL
-    if isinstance(error, APIStatusError) and error.status_code == 413:
-        return Split.HALVE
     if isinstance(error, APITimeoutError) and split_on_timeout:
         return Split.AGAIN_WHOLE if timeout_half else Split.HALVE
     return Split.FAIL
 
 
+def too_large_after(current: TooLarge, *, size: int, answered: bool) -> TooLarge:
+    """What the call knows of its 413s after one more piece of evidence.
+
+    ``answered``: a piece of a chunk split for a 413 was answered, so the 413s are
+    about size (this wins over an earlier refused segment: splitting did help).
+    Otherwise a 413 came back for ``size`` segments: for a single one, before any
+    piece was answered, size is not the trouble (a proxy refusing the requests, a
+    server misusing 413), and splitting further only multiplies the requests.
+    """
+    if answered:
+        return TooLarge.SIZE
+    if size == 1 and current is TooLarge.UNKNOWN:
+        return TooLarge.NOT_SIZE
+    return current
+
+
+def too_large_error(error: APIStatusError, *, describe: str, segment: int | None) -> APIStatusError:
+    """The error of a chunk failed because splitting does not cure the server's 413."""
+    refused = "a single segment" if segment is None else f"a single segment ({segment})"
+    return APIStatusError(
+        f"{describe}: the server answered 413 (too large), but splitting does not help: "
+        f"it refused even {refused} as too large, so the size of a request is not the "
+        "trouble and this call stopped splitting chunks. Lowering chunk_size will not "
+        "help; look for a proxy or gateway in front of the server that refuses these "
+        f"requests (check base_url), or tell the server's operators. Server said: {error.body}",
+        status_code=413,
+        body=error.body,
+    )
+
+
 def timeouts_before_splitting(size: int, *, split_on_timeout: bool) -> int | None:
     """How many timeouts end a chunk's retries early, so it splits instead (None: never)."""
     return 2 if size > 1 and split_on_timeout else None
+
+
+class Brake(enum.Enum):
+    """Whether the next request of a fetch may go, given the requests since the last success."""
+
+    GO = "go"
+    WAIT = "wait"  # the budget is spent, but requests in flight may still succeed
+    STOP = "stop"  # every request of the budget failed: the server looks down
+
+
+def brake_budget(max_concurrency: int, max_retries: int) -> int:
+    """How many requests in a row may fail with the server down before a fetch stops.
+
+    As many as the first ``max_concurrency`` chunks would spend on their retries,
+    so a fetch rides out an outage as long as one chunk does (its backoff), and a
+    server that is down gets that many requests, not every chunk's retries. At
+    least two chunks' worth: one chunk that cannot be fetched (a shard down) fails
+    alone and never stops the fetch.
+    """
+    return max(max_concurrency, 2) * (max_retries + 1)
+
+
+def brake(sent: int, failed: int, *, budget: int) -> Brake:
+    """Whether another request may start.
+
+    ``sent`` counts the requests started since the last success (other than those
+    that ended neither in success nor with the server down: a 429, a 4xx), and
+    ``failed`` those of them that failed with the server down (see
+    :func:`server_down`). Only when the whole ``budget`` was sent and every one of
+    those requests failed does the brake stop the fetch; a success anywhere resets
+    both counts, so a blip of 503s among answers never stops it.
+    """
+    if sent < budget:
+        return Brake.GO
+    return Brake.STOP if failed >= sent else Brake.WAIT
+
+
+def server_down(error: BaseException) -> bool:
+    """Whether ``error`` says the server is down: a 5xx answer, or no answer at all."""
+    if isinstance(error, APIStatusError):
+        return error.status_code is not None and 500 <= error.status_code < 600
+    return isinstance(error, APIConnectionError)
+
+
+def server_down_error(last: APIError, *, what: str, requests: int) -> APIError:
+    """The error that stops a fetch whose last ``requests`` requests all found the server down.
+
+    An error of ``last``'s kind (the status and ``Retry-After`` of a 5xx are kept),
+    with a message that says why the fetch stopped and what to do.
+    """
+    message = (
+        f"{what}: the server looks down: the last {requests} requests all failed (5xx "
+        "answers or no answer at all) and none succeeded, so the fetch stopped instead "
+        "of sending the chunks left. What was fetched before is kept (.result; a stream "
+        "yielded it already). Try again later; a larger max_retries rides out longer "
+        f"outages. Last error: {last}"
+    )
+    if isinstance(last, APIStatusError):
+        return APIStatusError(
+            message, status_code=last.status_code, body=last.body, retry_after=last.retry_after
+        )
+    return type(last)(message)
 
 
 def uncovered(spans: Iterable[Slice], total: int) -> list[Slice]:

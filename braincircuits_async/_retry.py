@@ -1,8 +1,8 @@
 """What to retry and how long to wait, and the tenacity wiring around one request.
 
 The decisions are small pure functions (``should_retry``, ``parse_retry_after``,
-``wait_for``) covered by table-driven tests; tenacity is an implementation detail
-behind :func:`call_with_retry`.
+``retry_after_to_honour``, ``wait_for``) covered by table-driven tests; tenacity
+is an implementation detail behind :func:`call_with_retry`.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ __all__ = [
     "call_with_retry",
     "is_fatal",
     "parse_retry_after",
+    "retry_after_to_honour",
     "should_retry",
     "wait_for",
 ]
@@ -126,8 +127,22 @@ def wait_for(
     return max(min(retry_after, policy.max_retry_after), backoff)
 
 
-def _retry_after_of(error: BaseException | None) -> float | None:
-    return error.retry_after if isinstance(error, APIStatusError) else None
+def retry_after_to_honour(error: BaseException | None, policy: RetryPolicy) -> float | None:
+    """The server's ``Retry-After`` that the wait before the next retry honours.
+
+    A 429's in full (up to ``policy.max_retry_after``): it is this client's rate
+    allowance, and sending sooner only draws more 429s. A 5xx's only up to
+    ``policy.backoff_max``: it is a guess at the downtime (often one constant of a
+    maintenance page or load balancer, the same for every request), and each chunk
+    waiting out ``Retry-After: 100`` on every retry would hold a large fetch for
+    hours; a request sent sooner costs one refused answer, and the fetch's brake
+    (``_policy.brake``) bounds how many of those there are.
+    """
+    if not isinstance(error, APIStatusError) or error.retry_after is None:
+        return None
+    if error.status_code is not None and 500 <= error.status_code < 600:
+        return min(error.retry_after, policy.backoff_max)
+    return error.retry_after
 
 
 async def call_with_retry(
@@ -160,7 +175,7 @@ async def call_with_retry(
 
     def wait(state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome else None
-        return wait_for(state.attempt_number, _retry_after_of(error), policy)
+        return wait_for(state.attempt_number, retry_after_to_honour(error, policy), policy)
 
     def before_sleep(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None

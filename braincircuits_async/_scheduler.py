@@ -4,34 +4,49 @@ A :class:`Call` fetches one property for one list of ids through a
 :class:`~braincircuits_async._wire.Wire`; it knows nothing of the client. A chunk
 is the slice ``ids[start:end]``; answers and failures are keyed by ``start``, so
 splits and re-fetches simply replace or add slices, and merging in ``start``
-order gives the request order back. Workers take slices from a queue, so
-memory does not grow with the number of chunks. Every decision (keep or
-refetch an answer, split a chunk) is a pure function of ``_policy``; what the
-whole fetch does with the calls is the client's orchestration.
+order gives the request order back. Workers take slices from a queue
+(:class:`Work`), so memory does not grow with the number of chunks. Every
+decision (keep or refetch an answer, split a chunk, stop sending to a server that
+looks down) is a pure function of ``_policy``; what the whole fetch does with the
+calls is the client's orchestration.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._config import ClientConfig
-from ._exceptions import APITimeoutError, BrainCircuitsError, DeadlineExceededError, StoreError
+from ._exceptions import (
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    BrainCircuitsError,
+    DeadlineExceededError,
+    StoreError,
+)
 from ._merge import ChunkAnswer, chunk_result
 from ._models import SegmentPropertyResult
 from ._policy import (
+    Brake,
     Outcome,
     Split,
+    TooLarge,
     Verdict,
+    brake,
+    brake_budget,
     judge_timestamp,
+    server_down,
+    server_down_error,
     split_decision,
     stream_disagreement,
     timeouts_before_splitting,
+    too_large_after,
+    too_large_error,
     uncovered,
 )
 from ._progress import Progress, Reporter
@@ -40,7 +55,7 @@ from ._retry import call_with_retry, is_fatal
 from ._stats import ClientStats
 from ._wire import Target, Wire
 
-__all__ = ["Call", "Load", "Record", "Reference", "Sink", "StrictStop", "run_all"]
+__all__ = ["Call", "Load", "Record", "Reference", "Sink", "Streak", "StrictStop", "Work", "run_all"]
 
 logger = logging.getLogger("braincircuits_async")
 
@@ -61,16 +76,122 @@ class StrictStop(Exception):
 
 
 class Reference:
-    """The first materialization seen, shared by the calls of one fetch.
+    """What the calls of one fetch share: the first materialization seen, and the brake.
 
     ``fetch_properties`` gives all its calls one reference, so strict mode
-    compares every chunk of every property with the same timestamp.
+    compares every chunk of every property with the same timestamp, and a
+    success of any property's request releases the brake for all.
     """
 
-    __slots__ = ("timestamp",)
+    __slots__ = ("streak", "timestamp")
 
     def __init__(self) -> None:
         self.timestamp: int | None = None
+        self.streak = Streak()
+
+
+class Streak:
+    """The requests since the last success, counted for the brake (see ``_policy.brake``).
+
+    ``sent`` counts requests started since then, ``failed`` those that failed with
+    the server down; a request that ends otherwise (a 429, a 4xx, cancelled) is
+    taken back from ``sent``. A success starts a new ``epoch``: requests started
+    before it no longer count, whatever their outcome.
+    """
+
+    __slots__ = ("_changed", "epoch", "failed", "last", "sent")
+
+    def __init__(self) -> None:
+        self.epoch = 0
+        self.sent = 0
+        self.failed = 0
+        #: The error of the last request that found the server down.
+        self.last: APIError | None = None
+        self._changed: anyio.Event | None = None
+
+    def succeeded(self) -> None:
+        self.epoch += 1
+        self.sent = self.failed = 0
+        self._notify()
+
+    def found_down(self, epoch: int, error: APIError) -> None:
+        if epoch == self.epoch:
+            self.failed += 1
+            self.last = error
+            self._notify()
+
+    def ended_otherwise(self, epoch: int) -> None:
+        if epoch == self.epoch:
+            self.sent -= 1
+            self._notify()
+
+    async def changed(self) -> None:
+        """Wait until a request of the streak ends."""
+        if self._changed is None:
+            self._changed = anyio.Event()
+        await self._changed.wait()
+
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+
+class Work:
+    """The slices a round fetches: pieces of split chunks first, newest first, then the queue.
+
+    Pieces are tried depth-first, before the chunks still queued: queued behind
+    every other chunk, the halves of a chunk refused as too large would reach a
+    single id only after every other chunk was halved as often. Taking work when
+    there is some does not pass through the scheduler: at high latency every such
+    trip delays the next request. ``outstanding`` counts the slices taken or
+    queued but not done; at 0 the round is over and :meth:`take` returns None.
+    """
+
+    __slots__ = ("_pieces", "_queue", "_wake", "outstanding")
+
+    def __init__(self, slices: Iterable[tuple[int, int]]) -> None:
+        self._queue = deque(slices)
+        self._pieces: list[tuple[int, int]] = []
+        self.outstanding = len(self._queue)
+        self._wake: anyio.Event | None = None
+
+    def take_nowait(self) -> tuple[int, int] | None:
+        if self._pieces:
+            return self._pieces.pop()
+        return self._queue.popleft() if self._queue else None
+
+    async def take(self) -> tuple[int, int] | None:
+        """The next slice, waiting while others are in progress; None when the round is over."""
+        while (piece := self.take_nowait()) is None:
+            if self.outstanding == 0:
+                return None
+            if self._wake is None:
+                self._wake = anyio.Event()
+            await self._wake.wait()
+        return piece
+
+    def split(self, pieces: Sequence[tuple[int, int]]) -> None:
+        """Queue the pieces of a split chunk to be taken next, the first one first."""
+        self.outstanding += len(pieces)
+        self._pieces.extend(reversed(pieces))
+        self._notify()
+
+    def again(self, piece: tuple[int, int]) -> None:
+        """Queue a slice again at the end (a stream's stale chunk, fetched anew)."""
+        self.outstanding += 1
+        self._queue.append(piece)
+        self._notify()
+
+    def done(self) -> None:
+        self.outstanding -= 1
+        if self.outstanding == 0:
+            self._notify()  # the round is over: let the waiting workers finish
+
+    def _notify(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+            self._wake = None
 
 
 class Call:
@@ -126,15 +247,17 @@ class Call:
         # What the store held counts as done (a stream's once it is handed on).
         if sink is None:
             self._done = sum(a.end - a.start for a in plan.stored)
-        # Timeouts split chunks only while that helps (see `_policy.split_decision`).
+        # Timeouts and 413s split chunks only while that helps (see `_policy.split_decision`).
         self._split_on_timeout = True
         self._timeout_halves: set[int] = set()
+        self._too_large = TooLarge.UNKNOWN
+        self._too_large_pieces: set[int] = set()  # starts of pieces split off for a 413
+        self._refused: int | None = None  # the single segment refused with a 413
+        self._budget = brake_budget(config.max_concurrency, config.retry.max_retries)
         # One round's worker pool.
         self._stop: BaseException | None = None
         self._group: anyio.abc.TaskGroup | None = None
-        self._queue: MemoryObjectSendStream[tuple[int, int]] | None = None
-        self._receive: MemoryObjectReceiveStream[tuple[int, int]] | None = None
-        self._outstanding = 0
+        self._work: Work | None = None
         self._stand_ins = 0
         self._commits: anyio.Semaphore | None = None  # commits in the background
 
@@ -148,24 +271,21 @@ class Call:
     async def fetch(self, slices: list[tuple[int, int]]) -> None:
         """One round: fetch ``slices`` (and the halves of any that split) with a worker pool.
 
-        Raises what stopped the call: a fatal answer (401, 404, ...), a stream's
-        disagreement, :class:`StrictStop`, or a bug (the user's callback failing).
+        Raises what stopped the call: a fatal answer (401, 404, ...), the brake (a
+        server that looks down, see :meth:`_send`), a stream's disagreement,
+        :class:`StrictStop`, or a bug (the user's callback failing).
         """
         if self._commits is None and self.record is not None:
             self._commits = anyio.Semaphore(2 * self.config.max_concurrency)
-        send, receive = anyio.create_memory_object_stream[tuple[int, int]](math.inf)
-        self._queue, self._receive, self._outstanding = send, receive, len(slices)
-        for piece in slices:
-            send.send_nowait(piece)
+        self._work = work = Work(slices)
         # One worker per slot; a worker waiting out a backoff lends its slot to a
         # stand-in (see `_count_retry`). More workers than slots would contend for
         # the gate on every request, which costs ~15 % CPU at full speed.
-        with send, receive:
-            async with anyio.create_task_group() as group:
-                self._group = group
-                for _ in range(min(self.config.max_concurrency, len(slices))):
-                    group.start_soon(self._worker, receive.clone())
-        self._group = self._queue = self._receive = None
+        async with anyio.create_task_group() as group:
+            self._group = group
+            for _ in range(min(self.config.max_concurrency, len(slices))):
+                group.start_soon(self._worker, work)
+        self._group = self._work = None
         if self._stop is not None:
             raise self._stop
 
@@ -228,32 +348,20 @@ class Call:
 
     # --- the workers -------------------------------------------------------------
 
-    async def _worker(self, receive: MemoryObjectReceiveStream[tuple[int, int]]) -> None:
-        async with receive:
-            while True:
-                # Take queued work without a trip through the scheduler when there is
-                # some: at high latency every such trip delays the next request.
-                try:
-                    start, end = receive.receive_nowait()
-                except anyio.WouldBlock:
-                    try:
-                        start, end = await receive.receive()
-                    except anyio.EndOfStream:
-                        return
-                except anyio.EndOfStream:
-                    return
-                if not await self._process(start, end):
-                    return
+    async def _worker(self, work: Work) -> None:
+        while (piece := await work.take()) is not None:
+            if not await self._process(*piece):
+                return
 
     async def _stand_in(self, until: float) -> None:
         """Use a slot whose worker waits out a backoff, until that wait is over."""
         try:
-            while anyio.current_time() < until and self._receive is not None:
-                try:
-                    start, end = self._receive.receive_nowait()
-                except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                    return
-                if not await self._process(start, end):
+            while (
+                anyio.current_time() < until
+                and (work := self._work) is not None
+                and (piece := work.take_nowait()) is not None
+            ):
+                if not await self._process(*piece):
                     return
         finally:
             self._stand_ins -= 1
@@ -268,9 +376,8 @@ class Call:
             # an exception group.
             self._abort(error)
             return False
-        self._outstanding -= 1
-        if self._outstanding == 0 and self._queue is not None:
-            self._queue.close()  # every slice is done: let the workers finish
+        assert self._work is not None
+        self._work.done()
         return True
 
     def _describe(self, start: int, end: int) -> str:
@@ -286,9 +393,7 @@ class Call:
         ids = self.ids[start:end]
         try:
             answer = await call_with_retry(
-                lambda: self.wire.send(
-                    self.target, ids, start=start, describe=describe, judge=self._judge
-                ),
+                lambda: self._send(ids, start, describe),
                 self.config.retry,
                 on_retry=self._count_retry,
                 timeouts_before_giving_up=timeouts_before_splitting(
@@ -298,6 +403,9 @@ class Call:
         except BrainCircuitsError as error:
             self._failed_for_good(start, end, error)
             return
+        if start in self._too_large_pieces:
+            self._too_large_pieces.discard(start)
+            self._too_large = too_large_after(self._too_large, size=end - start, answered=True)
         self.stats.segments += end - start
         if self.sink is None:
             self.answers[start] = answer  # kept first: whatever happens next, it is not lost
@@ -311,6 +419,48 @@ class Call:
         if self.sink is not None and not await self._deliver(answer):
             return  # queued again: counted when it is delivered
         self._report(end - start)
+
+    async def _send(self, ids: Sequence[int], start: int, describe: str) -> ChunkAnswer:
+        """One request through the wire, if the brake lets it go (see ``_policy.brake``).
+
+        Requests that find the server down count toward the brake; when the whole
+        budget failed, the call stops (``_abort``) instead of sending this request
+        and the rest. Only a request about to go is stopped: when the last chunk
+        failed, there is nothing left to spare the server, and the call ends as
+        usual (an :class:`IncompleteResultError` naming the chunks that failed).
+        """
+        streak = self.reference.streak
+        while (verdict := brake(streak.sent, streak.failed, budget=self._budget)) is not Brake.GO:
+            if verdict is Brake.STOP:
+                self._stop_braking(streak)
+            await streak.changed()
+        epoch = streak.epoch
+        streak.sent += 1
+        try:
+            answer = await self.wire.send(
+                self.target, ids, start=start, describe=describe, judge=self._judge
+            )
+        except BaseException as error:
+            if isinstance(error, APIError) and server_down(error):
+                streak.found_down(epoch, error)
+            else:
+                streak.ended_otherwise(epoch)
+            raise
+        streak.succeeded()
+        return answer
+
+    def _stop_braking(self, streak: Streak) -> None:
+        """Stop the call: every request of the brake's budget found the server down."""
+        assert streak.last is not None
+        if self._stop is None:
+            logger.warning("%s; stopping the fetch: the server looks down", streak.last)
+        self._abort(
+            server_down_error(
+                streak.last,
+                what=f"{self.target.prop} (project {self.target.project!r})",
+                requests=streak.failed,
+            )
+        )
 
     async def _commit_soon(self, answer: ChunkAnswer) -> None:
         """Commit ``answer`` to the store in the background, while the worker goes on.
@@ -426,14 +576,20 @@ class Call:
         """
         self.stats.retries += 1
         self._retries += 1
-        if wait > 0 and self._group is not None and self._stand_ins < self.config.max_concurrency:
+        # Not when the server looks down (a 5xx, no answer): a stand-in would only send
+        # it more requests, and spend the brake's budget faster than the backoff.
+        if (
+            wait > 0
+            and not server_down(error)
+            and self._group is not None
+            and self._stand_ins < self.config.max_concurrency
+        ):
             self._stand_ins += 1
             self._group.start_soon(self._stand_in, anyio.current_time() + wait)
 
     def _queue_again(self, start: int, end: int) -> None:
-        assert self._queue is not None
-        self._outstanding += 1
-        self._queue.send_nowait((start, end))
+        assert self._work is not None
+        self._work.again((start, end))
 
     def _failed_for_good(self, start: int, end: int, error: BrainCircuitsError) -> None:
         """After the retries: split the chunk, queue it again whole, or record it as failed."""
@@ -441,31 +597,51 @@ class Call:
             self._abort(error)  # `_judge` did so already; an error raised before any answer
             self._report(end - start)
             return
+        size = end - start
+        if isinstance(error, APIStatusError) and error.status_code == 413:
+            self._too_large_pieces.discard(start)
+            learned = too_large_after(self._too_large, size=size, answered=False)
+            if learned is not self._too_large:
+                self._too_large, self._refused = learned, self.ids[start]
+                logger.warning(
+                    "%s; a single segment was refused as too large, so the 413s are not "
+                    "about size: this call stops splitting chunks",
+                    error,
+                )
         decision = split_decision(
             error,
-            end - start,
+            size,
             split_on_timeout=self._split_on_timeout,
             timeout_half=start in self._timeout_halves,
+            too_large=self._too_large,
         )
         if decision is Split.AGAIN_WHOLE:
             self._split_on_timeout = False
             self._queue_again(start, end)
             return
-        if decision is Split.HALVE:
-            middle = (start + end) // 2
-            logger.info("%s; splitting it in two", error)
+        if decision in (Split.HALVE, Split.PROBE):
+            middle = start + 1 if decision is Split.PROBE else (start + end) // 2
+            how = "trying its first segment alone" if decision is Split.PROBE else "splitting it"
+            logger.info("%s; %s", error, how)
             self.stats.splits += 1
             if isinstance(error, APITimeoutError):
                 self._timeout_halves.update((start, middle))
+            else:
+                self._too_large_pieces.update((start, middle))
             self.answers.pop(start, None)
-            self._queue_again(start, middle)
-            self._queue_again(middle, end)
+            assert self._work is not None
+            self._work.split([(start, middle), (middle, end)])
             return
+        if decision is Split.NOT_SIZE:
+            assert isinstance(error, APIStatusError)
+            error = too_large_error(
+                error, describe=self._describe(start, end), segment=self._refused
+            )
         logger.warning("%s; giving up on this chunk", error)
-        self._failed += end - start
+        self._failed += size
         self.answers.pop(start, None)
         self.failures[start] = (end, error)
-        self._report(end - start)
+        self._report(size)
 
     def _abort(self, error: BaseException) -> None:
         """Stop the call with ``error``; in-flight requests are cancelled."""

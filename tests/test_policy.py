@@ -16,16 +16,24 @@ from braincircuits_async._config import Consistency, Secret
 from braincircuits_async._merge import ChunkAnswer
 from braincircuits_async._models import SegmentPropertyResult
 from braincircuits_async._policy import (
+    Brake,
     Outcome,
     Split,
+    TooLarge,
     Verdict,
+    brake,
+    brake_budget,
     failure_reasons,
     judge_timestamp,
     refetch_target,
+    server_down,
+    server_down_error,
     settle,
     split_decision,
     stale_slices,
     timeouts_before_splitting,
+    too_large_after,
+    too_large_error,
     uncovered,
     with_partial,
 )
@@ -160,27 +168,170 @@ def test_uncovered_finds_the_gaps_the_spans_leave(
 TIMEOUT = bca.APITimeoutError("chunk 1/1: no answer within timeout=5 s")
 
 
+TOO_LARGE = bca.APIStatusError("413", status_code=413)
+UNKNOWN, SIZE, NOT_SIZE = TooLarge.UNKNOWN, TooLarge.SIZE, TooLarge.NOT_SIZE
+
+
+@pytest.mark.parametrize(
+    ("error", "size", "too_large", "expected"),
+    [
+        # Before the call knows: one segment alone answers "is it the size?".
+        (TOO_LARGE, 500, UNKNOWN, Split.PROBE),
+        (TOO_LARGE, 2, UNKNOWN, Split.PROBE),
+        (TOO_LARGE, 1, UNKNOWN, Split.NOT_SIZE),
+        # A piece was answered: halve down to single ids, as before.
+        (TOO_LARGE, 500, SIZE, Split.HALVE),
+        (TOO_LARGE, 2, SIZE, Split.HALVE),
+        (TOO_LARGE, 1, SIZE, Split.FAIL),
+        # A single segment was refused: splitting does not help, for any chunk.
+        (TOO_LARGE, 500, NOT_SIZE, Split.NOT_SIZE),
+        (TOO_LARGE, 1, NOT_SIZE, Split.NOT_SIZE),
+        # Other errors do not depend on what the 413s taught.
+        (TIMEOUT, 8, NOT_SIZE, Split.HALVE),
+        (bca.APIStatusError("503", status_code=503), 8, UNKNOWN, Split.FAIL),
+    ],
+)
+def test_a_413_splits_while_that_helps_probing_with_one_segment_first(
+    error: bca.BrainCircuitsError, size: int, too_large: TooLarge, expected: Split
+) -> None:
+    decision = split_decision(
+        error, size, split_on_timeout=True, timeout_half=False, too_large=too_large
+    )
+    assert decision is expected
+
+
 @pytest.mark.parametrize(
     ("error", "size", "on_timeout", "half", "expected"),
     [
-        (bca.APIStatusError("413", status_code=413), 1, True, False, Split.FAIL),
-        (bca.APIStatusError("413", status_code=413), 2, False, False, Split.HALVE),
-        (bca.APIStatusError("413", status_code=413), 500, True, True, Split.HALVE),
         (TIMEOUT, 1, True, False, Split.FAIL),
         (TIMEOUT, 8, True, False, Split.HALVE),
         (TIMEOUT, 8, True, True, Split.AGAIN_WHOLE),
         (TIMEOUT, 8, False, False, Split.FAIL),
         (TIMEOUT, 8, False, True, Split.FAIL),
+        (TOO_LARGE, 8, False, True, Split.HALVE),  # 413s split whatever the timeouts did
         (bca.APIStatusError("503", status_code=503), 8, True, False, Split.FAIL),
         (bca.RateLimitError("429", status_code=429), 8, True, False, Split.FAIL),
         (bca.APIConnectionError("refused"), 8, True, False, Split.FAIL),
         (bca.MalformedResponseError("bad", transient=True), 8, True, False, Split.FAIL),
     ],
 )
-def test_a_413_halves_a_chunk_of_two_or_more_and_timeouts_halve_it_only_while_that_helps(
+def test_timeouts_halve_a_chunk_only_while_that_helps(
     error: bca.BrainCircuitsError, size: int, on_timeout: bool, half: bool, expected: Split
 ) -> None:
-    assert split_decision(error, size, split_on_timeout=on_timeout, timeout_half=half) is expected
+    decision = split_decision(
+        error, size, split_on_timeout=on_timeout, timeout_half=half, too_large=SIZE
+    )
+    assert decision is expected
+
+
+@pytest.mark.parametrize(
+    ("current", "size", "answered", "expected"),
+    [
+        (UNKNOWN, 1, False, NOT_SIZE),  # a single segment refused: not the size
+        (UNKNOWN, 2, False, UNKNOWN),  # two refused: could still be the size
+        (UNKNOWN, 250, True, SIZE),
+        (UNKNOWN, 1, True, SIZE),
+        (SIZE, 1, False, SIZE),  # pieces were answered: this one segment is refused
+        (NOT_SIZE, 1, False, NOT_SIZE),
+        (NOT_SIZE, 499, True, SIZE),  # a piece answered after all: splitting helped
+    ],
+)
+def test_what_a_call_learns_of_its_413s(
+    current: TooLarge, size: int, answered: bool, expected: TooLarge
+) -> None:
+    assert too_large_after(current, size=size, answered=answered) is expected
+
+
+def test_a_chunk_failed_for_a_413_that_is_not_about_size_says_why_and_what_to_do() -> None:
+    error = too_large_error(
+        bca.APIStatusError("x", status_code=413, body="request refused"),
+        describe="link_pre chunk ids[0:500]",
+        segment=720575940,
+    )
+    assert error.status_code == 413
+    assert str(error).startswith("link_pre chunk ids[0:500]: the server answered 413")
+    for said in (
+        "splitting does not help",
+        "a single segment (720575940)",
+        "not the trouble",
+        "Lowering chunk_size will not help",
+        "proxy or gateway",
+        "Server said: request refused",
+    ):
+        assert said in str(error)
+
+
+@pytest.mark.parametrize(
+    ("max_concurrency", "max_retries", "budget"),
+    [(8, 5, 48), (4, 2, 12), (8, 0, 8), (1, 5, 12), (1, 0, 2), (2, 1, 4)],
+)
+def test_the_brake_budget_is_what_the_first_chunks_spend_on_retries_two_at_least(
+    max_concurrency: int, max_retries: int, budget: int
+) -> None:
+    assert brake_budget(max_concurrency, max_retries) == budget
+
+
+@pytest.mark.parametrize(
+    ("sent", "failed", "expected"),
+    [
+        (0, 0, Brake.GO),
+        (47, 47, Brake.GO),  # every one failed, but the budget is not spent
+        (47, 0, Brake.GO),
+        (48, 48, Brake.STOP),  # the whole budget failed, none succeeded
+        (48, 47, Brake.WAIT),  # one still in flight: it may succeed
+        (48, 0, Brake.WAIT),
+        (50, 50, Brake.STOP),
+    ],
+)
+def test_the_brake_stops_only_when_every_request_of_the_budget_failed(
+    sent: int, failed: int, expected: Brake
+) -> None:
+    assert brake(sent, failed, budget=48) is expected
+
+
+@pytest.mark.parametrize(
+    ("error", "down"),
+    [
+        (bca.APIStatusError("500", status_code=500), True),
+        (bca.APIStatusError("502", status_code=502), True),
+        (bca.APIStatusError("503", status_code=503), True),
+        (bca.APIStatusError("504", status_code=504), True),
+        (bca.APIConnectionError("refused"), True),
+        (bca.APITimeoutError("slow"), True),
+        (bca.RateLimitError("429", status_code=429), False),  # alive: the gate slows down
+        (bca.APIStatusError("413", status_code=413), False),
+        (bca.APIStatusError("400", status_code=400), False),
+        (bca.AuthenticationError("401", status_code=401), False),
+        (bca.MalformedResponseError("cut short", transient=True), False),
+        (KeyError("bug"), False),
+    ],
+)
+def test_a_5xx_or_no_answer_says_the_server_is_down(error: BaseException, down: bool) -> None:
+    assert server_down(error) is down
+
+
+@pytest.mark.parametrize(
+    "last",
+    [
+        bca.APIStatusError("chunk 3: 503: busy", status_code=503, body="busy", retry_after=100.0),
+        bca.APIConnectionError("chunk 3: ConnectError: refused"),
+        bca.APITimeoutError("chunk 3: no answer within timeout=5 s"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_the_brakes_error_is_of_the_last_errors_kind_and_says_why_the_fetch_stopped(
+    last: bca.APIError,
+) -> None:
+    error = server_down_error(last, what="link_pre (project 'p')", requests=48)
+    assert type(error) is type(last)
+    assert str(error).startswith("link_pre (project 'p'): the server looks down")
+    assert "the last 48 requests all failed" in str(error)
+    assert "none succeeded" in str(error)
+    assert "Try again later" in str(error)
+    assert str(error).endswith(f"Last error: {last}")
+    if isinstance(last, bca.APIStatusError):
+        assert isinstance(error, bca.APIStatusError)
+        assert (error.status_code, error.body, error.retry_after) == (503, "busy", 100.0)
 
 
 @pytest.mark.parametrize(

@@ -116,11 +116,29 @@ async def test_retry_after_as_http_date_is_honoured(
     import time
 
     date = email.utils.formatdate(time.time() + 60, usegmt=True)
-    api.post(PATH).mock(side_effect=[httpx.Response(503, headers={"Retry-After": date}), OK])
+    api.post(PATH).mock(side_effect=[httpx.Response(429, headers={"Retry-After": date}), OK])
     async with make_client() as client:
         await client.fetch_property("link_pre", [1, 2])
     (wait,) = sleeps
     assert 55 <= wait <= 60
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+async def test_a_5xx_retry_after_is_honoured_only_up_to_backoff_max(
+    api: Any, make_client: Any, sleeps: list[float], status: int
+) -> None:
+    # A 5xx's Retry-After guesses at the downtime: waiting it out on every retry of
+    # every chunk would hold a large fetch for hours (the brake bounds the requests).
+    api.post(PATH).mock(
+        side_effect=[
+            httpx.Response(status, headers={"Retry-After": "100"}),
+            httpx.Response(status, headers={"Retry-After": "5"}),
+            OK,
+        ]
+    )
+    async with make_client(backoff_base=0.01, backoff_max=20.0) as client:
+        await client.fetch_property("link_pre", [1, 2])
+    assert sleeps == [20.0, 5.0]
 
 
 async def test_retry_after_beyond_the_cap_fails_the_chunk_with_the_servers_wait(

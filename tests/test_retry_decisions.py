@@ -7,7 +7,13 @@ import email.utils
 import pytest
 
 import braincircuits_async as bca
-from braincircuits_async._retry import is_fatal, parse_retry_after, should_retry, wait_for
+from braincircuits_async._retry import (
+    is_fatal,
+    parse_retry_after,
+    retry_after_to_honour,
+    should_retry,
+    wait_for,
+)
 
 POLICY = bca.RetryPolicy(max_retries=5, backoff_base=0.5, backoff_max=30.0, max_retry_after=120.0)
 NOW = 1_700_000_000.0
@@ -120,6 +126,25 @@ def test_backoff_is_exponential_full_jitter_and_honours_retry_after(
     retry_number: int, rand: float, retry_after: float | None, expected: float
 ) -> None:
     assert wait_for(retry_number, retry_after, POLICY, rand=lambda: rand) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("error", "honoured"),
+    [
+        (status(429, retry_after=100.0), 100.0),  # the client's rate allowance: in full
+        (status(429, retry_after=7.0), 7.0),
+        (status(503, retry_after=100.0), 30.0),  # a guess at the downtime: backoff_max
+        (status(500, retry_after=3600.0), 30.0),
+        (status(502, retry_after=7.0), 7.0),
+        (status(503), None),
+        (bca.APIConnectionError("dropped"), None),
+        (None, None),
+    ],
+)
+def test_a_5xx_retry_after_is_honoured_up_to_backoff_max_and_a_429s_in_full(
+    error: BaseException | None, honoured: float | None
+) -> None:
+    assert retry_after_to_honour(error, POLICY) == honoured
 
 
 def test_every_wait_is_bounded() -> None:

@@ -23,17 +23,22 @@ def too_large_above(limit: int) -> Any:
     return handler
 
 
-async def test_413_halves_the_chunk_and_fetches_both_halves(make_client: Any) -> None:
+async def test_413_tries_one_segment_then_halves_the_rest_and_fetches_every_piece(
+    make_client: Any,
+) -> None:
     server = ScriptedServer(handler=too_large_above(3))
     ids = list(range(100, 110))
     async with make_client(transport=server, chunk_size=10) as client:
         result = await client.fetch_property("link_pre", ids)
     assert list(result) == ids  # still in request order after splitting
-    refused = sorted(len(c) for c in server.segments_requested if len(c) > 3)
-    assert refused == [5, 5, 10]  # 10 -> 5 + 5 -> each 2 + 3
+    refused = [c for c in server.segments_requested if len(c) > 3]
+    # 10 -> its first segment alone (answered: the 413 is about size) + 9 -> 4 + 5,
+    # depth-first: the 4 is split before the 5 is tried.
+    assert [len(c) for c in refused] == [10, 9, 4, 5]
+    assert server.segments_requested[1] == [100]
     served = sorted(s for c in server.segments_requested if len(c) <= 3 for s in c)
     assert served == ids  # every id fetched exactly once after the splits
-    assert client.stats.splits == 3
+    assert client.stats.splits == 4
 
 
 async def test_413_splits_down_to_single_segments(make_client: Any) -> None:
