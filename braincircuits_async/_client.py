@@ -21,6 +21,7 @@ through one orchestration, :meth:`AsyncClient._fetch`:
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import math
@@ -34,6 +35,7 @@ import anyio
 import anyio.lowlevel
 import httpx
 
+from ._backends import HttpBackend
 from ._background import BackgroundTasks
 from ._chunking import normalize_segments, validate_project, validate_properties
 from ._config import (
@@ -149,6 +151,13 @@ class AsyncClient:
             ``NO_PROXY``) and ``SSL_CERT_FILE`` as httpx does (default True); a
             loopback ``base_url`` never goes through a proxy. A SOCKS proxy needs
             the ``socks`` extra.
+        http_backend: the HTTP stack under httpx: ``"auto"`` (the default) uses
+            aiohttp on asyncio when ``httpx-aiohttp`` is installed (the ``fast``
+            extra) and no proxy is in play, else httpx's own; ``"httpx"`` or
+            ``"aiohttp"`` force one (aiohttp runs on asyncio only). Every guarantee
+            (timeouts, the body cap, no redirects, no proxy for loopback, no token in
+            any text) holds on both; ``client.http_backend`` says which one a client
+            uses, from its first request on.
     """
 
     def __init__(
@@ -176,6 +185,7 @@ class AsyncClient:
         store: ResultStore | str | os.PathLike[str] | None = None,
         request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
         trust_env: bool = True,
+        http_backend: HttpBackend = "auto",
     ) -> None:
         url = resolve_base_url(base_url)
         check_base_url(url, custom_transport=transport is not None)
@@ -196,6 +206,7 @@ class AsyncClient:
             deadline=deadline,
             request_timeout=request_timeout,
             trust_env=trust_env,
+            http_backend=http_backend,
             retry=RetryPolicy(
                 max_retries=max_retries,
                 backoff_base=backoff_base,
@@ -230,6 +241,12 @@ class AsyncClient:
     def store(self) -> ResultStore | None:
         """The client's :class:`ResultStore`, or ``None``."""
         return self._store
+
+    @property
+    def http_backend(self) -> str:
+        """The HTTP stack the requests go through: ``"aiohttp"``, ``"httpx"``, or
+        ``"transport"`` (a caller's own); settled on the first use, on its event loop."""
+        return self._http.backend
 
     @property
     def config(self) -> ClientConfig:
@@ -635,6 +652,7 @@ class AsyncClient:
         token = anyio.lowlevel.current_token()
         loop = getattr(token, "native_token", token)  # the loop (a wrapper since anyio 4.11)
         if self._loop is None:
+            self._http.choose(on_asyncio=isinstance(loop, asyncio.AbstractEventLoop))
             self._loop = loop
         elif loop is not self._loop:
             raise UsageError(

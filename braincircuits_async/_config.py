@@ -255,6 +255,9 @@ class ClientConfig:
     #: Seconds one request may take from sending to the last byte of its answer (None:
     #: no bound but ``timeout`` per network operation).
     request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT
+    #: The HTTP stack: "auto" (aiohttp on asyncio when installed, else httpx's own),
+    #: "httpx" or "aiohttp" (see ``_backends``).
+    http_backend: str = "auto"
     #: Honour the environment's proxies (``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``)
     #: and ``SSL_CERT_FILE``, as httpx does; loopback addresses never go through a proxy.
     trust_env: bool = True
@@ -272,6 +275,10 @@ class ClientConfig:
             check_seconds("deadline", self.deadline)
         if self.request_timeout is not None:
             check_seconds("request_timeout", self.request_timeout)
+        if self.http_backend not in ("auto", "httpx", "aiohttp"):
+            raise InvalidArgumentError(
+                f"http_backend must be 'auto', 'httpx' or 'aiohttp'; got {self.http_backend!r}"
+            )
         if not isinstance(self.trust_env, bool):
             raise InvalidArgumentError(
                 f"trust_env must be True or False, not {type(self.trust_env).__name__}"

@@ -18,6 +18,15 @@ from pathlib import Path
 
 import httpx
 
+from ._backends import (
+    AIOHTTP_NEEDS,
+    Backend,
+    aiohttp_installed,
+    aiohttp_transport,
+    choose_backend,
+    env_proxy,
+    respx_is_mocking,
+)
 from ._config import (
     CAVE_PROJECTS,
     DEFAULT_BASE_URL,
@@ -122,32 +131,56 @@ class ConnectionPools:
     """
 
     def __init__(self, config: ClientConfig, transport: httpx.AsyncBaseTransport | None) -> None:
-        bound = config.max_concurrency
-        size = bound if transport is not None else min(config.connections_per_pool, bound)
-        count = -(-bound // size)
         hide_server_text_in_http_logs()
-        trust_env = uses_env_proxies(httpx.URL(config.base_url).host, trust_env=config.trust_env)
+        self._config = config
+        self._transport = transport
+        url = httpx.URL(config.base_url)
+        self._loopback = is_loopback(url.host)
+        self._proxy = env_proxy(url, trust_env=config.trust_env, loopback=self._loopback)
+        if config.http_backend == "aiohttp" and transport is None and not aiohttp_installed():
+            raise MissingDependencyError(AIOHTTP_NEEDS)
         # One TLS context for every pool: building one costs tens of milliseconds.
-        verify = httpx.create_ssl_context(trust_env=config.trust_env) if transport is None else True
+        self._verify = (
+            httpx.create_ssl_context(trust_env=config.trust_env) if transport is None else None
+        )
+        #: What the requests go through; httpx's stack until the first use decides.
+        self.backend: Backend = "transport" if transport is not None else "httpx"
+        self._chosen = False
+        self._build(aiohttp=False)
+
+    def _build(self, *, aiohttp: bool) -> None:
+        """The clients and their slots: small httpcore pools, or one pool otherwise."""
+        config, transport = self._config, self._transport
+        bound = config.max_concurrency
+        # aiohttp's pool, like a caller's transport, has no cost quadratic in its size.
+        one_pool = transport is not None or aiohttp
+        size = bound if one_pool else min(config.connections_per_pool, bound)
+        count = -(-bound // size)
         headers = {
             "Accept": "application/json",
             "Content-Type": "application/json",
             "User-Agent": f"braincircuits-async/{__version__}",
         }
+
+        def limits(i: int) -> httpx.Limits:
+            n = min(size, bound - i * size)
+            return httpx.Limits(max_connections=n, max_keepalive_connections=n)
+
         try:
             self.clients = [
                 httpx.AsyncClient(
                     base_url=config.base_url,
-                    transport=transport,
-                    limits=httpx.Limits(
-                        max_connections=min(size, bound - i * size),
-                        max_keepalive_connections=min(size, bound - i * size),
+                    transport=(
+                        aiohttp_transport(verify=self._verify, limits=limits(i), proxy=self._proxy)
+                        if aiohttp and self._verify is not None
+                        else transport
                     ),
+                    limits=limits(i),
                     timeout=httpx.Timeout(config.timeout),
                     follow_redirects=False,
                     headers=headers,
-                    verify=verify,
-                    trust_env=trust_env,
+                    verify=self._verify if self._verify is not None else True,
+                    trust_env=config.trust_env and not self._loopback,
                 )
                 for i in range(count)
             ]
@@ -162,6 +195,23 @@ class ConnectionPools:
         #: Which client each slot sends through; free slots are popped from the end.
         self._slot_client = [self.clients[slot // size] for slot in range(bound)]
         self._free = list(range(bound - 1, -1, -1))
+
+    def choose(self, *, on_asyncio: bool) -> None:
+        """Settle the backend on the client's first use, once its event loop is known."""
+        if self._chosen:
+            return
+        backend = choose_backend(
+            self._config.http_backend,
+            custom_transport=self._transport is not None,
+            on_asyncio=on_asyncio,
+            installed=aiohttp_installed(),
+            proxy=self._proxy,
+            mocked=respx_is_mocking(),
+        )
+        self._chosen = True
+        if backend == "aiohttp":
+            self._build(aiohttp=True)  # the httpx clients built first hold no connection
+        self.backend = backend
 
     @property
     def headers(self) -> httpx.Headers:

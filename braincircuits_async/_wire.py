@@ -73,6 +73,11 @@ class Target:
         return redact(text, (self.token, self.cave_token))
 
 
+def _is_aiohttp(error: BaseException | None) -> bool:
+    """Whether ``error`` is aiohttp's (without importing aiohttp)."""
+    return error is not None and type(error).__module__.split(".")[0] == "aiohttp"
+
+
 class LowerLayerErrors:
     """Catches the httpx (and socket, anyio) errors of one request, as ours.
 
@@ -82,11 +87,12 @@ class LowerLayerErrors:
     along as ``__context__``. Anything else (cancellation, a bug) passes through.
     """
 
-    __slots__ = ("caught", "describe", "timeout")
+    __slots__ = ("caught", "describe", "redact", "timeout")
 
-    def __init__(self, describe: str, timeout: float) -> None:
+    def __init__(self, describe: str, timeout: float, redact: Callable[[str], str] = str) -> None:
         self.describe = describe
         self.timeout = timeout
+        self.redact = redact
         self.caught: BrainCircuitsError | None = None
 
     def __enter__(self) -> LowerLayerErrors:
@@ -104,20 +110,35 @@ class LowerLayerErrors:
         return self.caught is not None
 
     def translate(self, error: BaseException) -> BrainCircuitsError | None:
-        """Our error for a lower layer's ``error``, or None if it is not one."""
+        """Our error for a lower layer's ``error``, or None if it is not one.
+
+        The aiohttp backend's errors arrive as httpx's (``httpx-aiohttp`` maps
+        them), except that it calls a dropped connection a ``ConnectTimeout``: the
+        aiohttp error it came from says which it was. Any text a lower layer
+        quotes (a malformed header, a status line) went through ``redact``.
+        """
         name = type(error).__name__
-        if isinstance(error, httpx.TimeoutException):
+        cause = error.__cause__
+        from_aiohttp = _is_aiohttp(error) or _is_aiohttp(cause)
+        if isinstance(error, httpx.TimeoutException) and not (
+            _is_aiohttp(cause) and not isinstance(cause, TimeoutError)
+        ):
             return APITimeoutError(
                 f"{self.describe}: no answer within timeout={self.timeout:g} s ({name})"
             )
         if isinstance(error, httpx.DecodingError):
             return MalformedResponseError(
-                f"{self.describe}: the answer could not be decoded ({error})", transient=True
+                f"{self.describe}: the answer could not be decoded ({self.redact(str(error))})",
+                transient=True,
             )
-        if isinstance(
+        if from_aiohttp or isinstance(
             error, (httpx.RequestError, OSError, anyio.BrokenResourceError, anyio.EndOfStream)
         ):
-            return APIConnectionError(f"{self.describe}: connection failed ({name}: {error})")
+            if from_aiohttp and cause is not None:
+                name = type(cause).__name__
+            return APIConnectionError(
+                f"{self.describe}: connection failed ({name}: {self.redact(str(error))})"
+            )
         return None
 
     def raise_caught(self) -> None:
@@ -258,7 +279,7 @@ class Wire:
         body is never part of a traceback.
         """
         slot = self.pools.take()
-        errors = LowerLayerErrors(describe, self.timeout)
+        errors = LowerLayerErrors(describe, self.timeout, target.redact)
         try:
             with anyio.move_on_after(self.request_timeout) as bound, errors:
                 response = await self.pools.client_for(slot).send(request, stream=True)

@@ -36,6 +36,29 @@ def anyio_backend(request: pytest.FixtureRequest) -> Any:
     return backend
 
 
+#: A network test on every HTTP stack: httpx's own (httpcore) on asyncio and on trio, and
+#: aiohttp under httpx on asyncio (aiohttp runs on nothing else). The test takes an
+#: ``http_backend`` argument and passes it to the client.
+ON_EVERY_HTTP_BACKEND = pytest.mark.parametrize(
+    ("anyio_backend", "http_backend"),
+    [("asyncio", "httpx"), ("asyncio", "aiohttp"), ("trio", "httpx")],
+    indirect=["anyio_backend"],
+)
+
+
+def connections_open(client: bca.AsyncClient) -> int:
+    """Connections a client's pools hold, on either HTTP stack."""
+    total = 0
+    for http in client._wire.pools.clients:
+        transport: Any = http._transport
+        session = getattr(transport, "client", None)
+        if session is not None:  # aiohttp: its session's connector
+            total += 0 if session.closed else sum(map(len, session.connector._conns.values()))
+        elif hasattr(transport, "_pool"):
+            total += len(transport._pool.connections)
+    return total
+
+
 #: Run a test on trio with a fake clock instead of on asyncio and trio.
 ON_A_FAKE_CLOCK = pytest.mark.parametrize("anyio_backend", ["trio-fake-clock"], indirect=True)
 

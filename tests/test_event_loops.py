@@ -11,13 +11,9 @@ import pytest
 import braincircuits_async as bca
 from braincircuits_async import testing
 
-from .conftest import PROJECT
+from .conftest import PROJECT, connections_open
 
 IDS = [720575940600000000 + i for i in range(40)]
-
-
-def open_connections(client: bca.AsyncClient) -> int:
-    return sum(len(c._transport._pool.connections) for c in client._wire.pools.clients)  # type: ignore[attr-defined]
 
 
 def client_for(url: str) -> bca.AsyncClient:
@@ -56,11 +52,11 @@ def test_a_second_event_loop_gets_a_clear_error_and_the_first_still_closes(backe
     async def main(url: str) -> None:
         async with client_for(url) as client:
             assert len(await client.fetch_property("link_pre", IDS)) > 0
-            assert open_connections(client) > 0
+            assert connections_open(client) > 0
             await anyio.to_thread.run_sync(from_another_loop, client)
             # Still usable where it belongs, and nothing was opened elsewhere.
             assert len(await client.fetch_property("link_pre", IDS)) > 0
-        assert open_connections(client) == 0
+        assert connections_open(client) == 0
 
     with testing.serve_in_thread(testing.FakeBrainCircuits()) as url:
         anyio.run(main, url, backend=backend)
@@ -79,6 +75,6 @@ def test_a_second_asyncio_run_with_one_client_is_refused_clearly() -> None:
             with pytest.raises(bca.UsageError, match=r"asyncio\.run"):
                 asyncio.run(client.fetch_property("link_pre", IDS))
             first.run_until_complete(client.aclose())
-            assert open_connections(client) == 0
+            assert connections_open(client) == 0
         finally:
             first.close()

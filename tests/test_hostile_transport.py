@@ -26,7 +26,7 @@ import braincircuits_async as bca
 from braincircuits_async import _cli, testing
 from braincircuits_async._transport import HideResponseHeaders
 
-from .conftest import CAVE_TOKEN, PROJECT, TOKEN, ScriptedServer
+from .conftest import CAVE_TOKEN, ON_EVERY_HTTP_BACKEND, PROJECT, TOKEN, ScriptedServer
 
 pytestmark = pytest.mark.anyio
 
@@ -121,12 +121,20 @@ SLOW_BODY = (
 # --- one request's total time -----------------------------------------------------------
 
 
+@ON_EVERY_HTTP_BACKEND
 @pytest.mark.parametrize("answer", [SLOW_HEADERS, SLOW_BODY], ids=["headers", "body"])
-async def test_a_server_that_trickles_its_answer_hits_request_timeout(answer: bytes) -> None:
+async def test_a_server_that_trickles_its_answer_hits_request_timeout(
+    answer: bytes, http_backend: str
+) -> None:
     # Every byte comes well within `timeout`, so only a bound on the whole exchange ends it.
     with raw_server(trickle(answer, every=0.01)) as (url, seen):
         client = bca.AsyncClient(
-            token="t", base_url=url, timeout=2, request_timeout=0.3, max_retries=1
+            token="t",
+            base_url=url,
+            timeout=2,
+            request_timeout=0.3,
+            max_retries=1,
+            http_backend=http_backend,  # type: ignore[arg-type]
         )
         async with client:
             with anyio.fail_after(10):  # without the bound: ~40 s
@@ -163,14 +171,14 @@ def test_the_cli_bounds_each_request_and_the_whole_fetch(
         )  # fmt: skip
         assert time.monotonic() - started < 20  # without the bound: ~1,000 s
     assert code == 1
-    assert "request_timeout=0.2 s" in capsys.readouterr().err
+    assert "--request-timeout 0.2 s" in capsys.readouterr().err
     with raw_server(trickle(SLOW_BODY, every=0.01)) as (url, _seen):
         code = _cli.main(
             ["fetch", "link_pre", "--project", OPEN, "--ids", str(ids), "-o", str(out),
              "--base-url", url, "--deadline", "0.3", "--force"]
         )  # fmt: skip
     assert code == 1
-    assert "deadline=0.3 s" in capsys.readouterr().err
+    assert "--deadline 0.3 s" in capsys.readouterr().err
     for bad in ("0", "-1", "inf", "x"):
         with pytest.raises(SystemExit):
             _cli.main(["fetch", "link_pre", "--project", OPEN, "--request-timeout", bad])
@@ -179,9 +187,10 @@ def test_the_cli_bounds_each_request_and_the_whole_fetch(
 # --- proxies ---------------------------------------------------------------------------
 
 
+@ON_EVERY_HTTP_BACKEND
 @pytest.mark.parametrize("variable", ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"])
 async def test_a_loopback_server_is_never_reached_through_a_proxy(
-    monkeypatch: pytest.MonkeyPatch, variable: str
+    monkeypatch: pytest.MonkeyPatch, variable: str, http_backend: str
 ) -> None:
     with (
         raw_server(answer_502) as (proxy, seen),
@@ -189,23 +198,35 @@ async def test_a_loopback_server_is_never_reached_through_a_proxy(
     ):
         monkeypatch.setenv(variable, proxy)
         async with bca.AsyncClient(
-            token=testing.DEFAULT_TOKEN, cave_token=testing.DEFAULT_CAVE_TOKEN, base_url=url
+            token=testing.DEFAULT_TOKEN,
+            cave_token=testing.DEFAULT_CAVE_TOKEN,
+            base_url=url,
+            http_backend=http_backend,  # type: ignore[arg-type]
         ) as client:
             result = await client.fetch_property("link_pre", [720575940600000001], project=PROJECT)
     assert result.materialized_timestamp
     assert seen == []  # the proxy saw nothing: not the request, not the tokens
 
 
+@pytest.mark.parametrize(
+    ("anyio_backend", "http_backend"),
+    [("asyncio", "auto"), ("asyncio", "aiohttp"), ("trio", "auto")],
+    indirect=["anyio_backend"],
+)
 async def test_another_host_goes_through_the_environments_proxy(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, http_backend: str
 ) -> None:
     with raw_server(answer_502) as (proxy, seen):
         monkeypatch.setenv("HTTPS_PROXY", proxy)
         async with bca.AsyncClient(
-            token=AWKWARD, base_url="https://api.braincircuits.test", max_retries=0
+            token=AWKWARD,
+            base_url="https://api.braincircuits.test",
+            max_retries=0,
+            http_backend=http_backend,  # type: ignore[arg-type]
         ) as client:
             with pytest.raises(bca.APIConnectionError):
                 await client.fetch_property("link_pre", [1], project=OPEN)
+            assert client.http_backend == ("httpx" if http_backend == "auto" else "aiohttp")
     # A tunnel: the proxy learns the host, never the request or its tokens.
     assert seen
     assert seen[0].startswith(b"CONNECT api.braincircuits.test:443 ")
@@ -292,8 +313,9 @@ async def test_no_frame_a_traceback_shows_holds_an_echoed_token(
     assert_no_piece(caplog.text)
 
 
+@ON_EVERY_HTTP_BACKEND
 async def test_httpx_and_httpcore_logs_show_no_echoed_header(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, http_backend: str
 ) -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -305,11 +327,16 @@ async def test_httpx_and_httpcore_logs_show_no_echoed_header(
         await send({"type": "http.response.body", "body": b""})
 
     with testing.serve_in_thread(app) as url, caplog.at_level(logging.DEBUG):
-        async with bca.AsyncClient(token=AWKWARD, base_url=url) as client:
+        async with bca.AsyncClient(
+            token=AWKWARD,
+            base_url=url,
+            http_backend=http_backend,  # type: ignore[arg-type]
+        ) as client:
             with pytest.raises(bca.APIStatusError):
                 await client.fetch_property("link_pre", [1], project=OPEN)
-    assert "receive_response_headers.complete" in caplog.text  # httpcore did log it ...
-    assert "302" in caplog.text
+    if http_backend == "httpx":  # aiohttp has no such DEBUG line
+        assert "receive_response_headers.complete" in caplog.text  # httpcore did log it ...
+    assert '"HTTP/1.1 302 Found"' in caplog.text  # httpx's INFO line, on both
     assert_no_piece(caplog.text)  # ... without the headers
 
 
