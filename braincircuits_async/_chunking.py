@@ -6,17 +6,20 @@ never costs a round trip and never leaves half a job done.
 
 from __future__ import annotations
 
+import difflib
 import operator
 import re
 from collections.abc import Iterable
 from typing import Any
 
+from ._config import DOCUMENTED_PROJECTS, DOCUMENTED_PROPERTIES
 from ._exceptions import InvalidArgumentError, InvalidSegmentError
 
 __all__ = [
     "MAX_SEGMENT_ID",
     "chunk_slices",
     "normalize_segments",
+    "not_found_hint",
     "validate_project",
     "validate_properties",
     "validate_property",
@@ -41,6 +44,40 @@ def validate_property(name: object) -> str:
             "(for example 'link_pre', 'size', 'connectivity')"
         )
     return name
+
+
+def _did_you_mean(name: str, known: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(name.lower(), known, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close and close[0] != name else ""
+
+
+def not_found_hint(prop: str, project: str, detail: str) -> str:
+    """What to say about a 404: which name is unknown, the documented ones, a close one.
+
+    The server's ``detail`` tells which name it does not know ("unknown project
+    ..."); without one (a plain "Not Found") both names, and the address, are
+    suspects.
+    """
+    text = detail.lower()
+    projects = ", ".join(DOCUMENTED_PROJECTS)
+    properties = ", ".join(DOCUMENTED_PROPERTIES)
+    if "project" in text and "propert" not in text:
+        return (
+            f" (project {project!r} is not known there; the documented projects are "
+            f"{projects}{_did_you_mean(project, DOCUMENTED_PROJECTS)})"
+        )
+    if "propert" in text:
+        return (
+            f" (property {prop!r} is not known in project {project!r}; the documented "
+            f"properties are {properties}{_did_you_mean(prop, DOCUMENTED_PROPERTIES)})"
+        )
+    guesses = _did_you_mean(prop, DOCUMENTED_PROPERTIES) or _did_you_mean(
+        project, DOCUMENTED_PROJECTS
+    )
+    return (
+        f" (check the property and project names, and base_url: the documented properties "
+        f"are {properties}, the projects {projects}{guesses})"
+    )
 
 
 def validate_properties(names: Iterable[str]) -> list[str]:

@@ -20,6 +20,8 @@ from ._exceptions import InvalidArgumentError
 __all__ = [
     "CAVE_PROJECTS",
     "DEFAULT_BASE_URL",
+    "DOCUMENTED_PROJECTS",
+    "DOCUMENTED_PROPERTIES",
     "ClientConfig",
     "Consistency",
     "RetryPolicy",
@@ -53,6 +55,21 @@ DEFAULT_MAX_RESPONSE_BYTES = 256 * 2**20
 
 #: Projects managed by CAVE, for which the server wants the CAVE token too.
 CAVE_PROJECTS = frozenset({"fruitfly_fafb_flywire", "fruitfly_fanc_cave"})
+
+#: The properties the API documents (a project may serve more, or fewer).
+DOCUMENTED_PROPERTIES = (
+    "size",
+    "link_pre",
+    "link_post",
+    "neurotransmitter",
+    "connectivity",
+    "nucleus",
+    "soma",
+    "mitochondria",
+    "dcv",
+)
+#: The projects the API documents (the server may know more).
+DOCUMENTED_PROJECTS = ("fruitfly_fafb_flywire", "fruitfly_fanc_cave")
 
 #: The CAVE server of each CAVE-managed project, to find CAVEclient's secret file.
 CAVE_SERVERS = {

@@ -24,6 +24,7 @@ import anyio
 import anyio.lowlevel
 import httpx
 
+from ._chunking import not_found_hint
 from ._config import ClientConfig, Secret
 from ._exceptions import (
     APIConnectionError,
@@ -472,7 +473,7 @@ def error_for_status(
             retry_after=retry_after,
         )
     hint = {
-        404: " (check the property and project names, and base_url)",
+        404: not_found_hint(target.prop, target.project, detail),
         413: " (too many segments in one request; lower chunk_size)",
         422: " (the server could not use the request; check the project name)",
     }.get(status, "")

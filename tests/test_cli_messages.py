@@ -150,7 +150,7 @@ CASES: list[tuple[str, dict[str, Any], dict[str, str | None], list[str], int, st
     ("cave-token-refused", {}, {"BRAINCIRCUITS_CAVE_TOKEN": "wrong"}, [], 2,
      "check BRAINCIRCUITS_CAVE_TOKEN"),
     ("413-split", {"max_segments": 30}, {}, ["-v", "--chunk-size", "100"], 0, "lower --chunk-size"),
-    ("unknown-project", {}, {}, ["--project", "hemibrain2"], 2, "and --base-url"),
+    ("unknown-project", {}, {}, ["--project", "hemibrain2"], 2, "the documented projects are"),
     ("retry-after-too-long", {"faults": {"429": 1.0}, "retry_after": 500,
      "max_consecutive_faults": 100}, {}, [], 1, "the longest wait the command accepts (120 s)"),
     ("request-timeout", {"latency": 0.3}, {}, ["--request-timeout", "0.05", "--max-retries", "0",

@@ -734,7 +734,12 @@ def test_a_retry_after_longer_than_max_retry_after_is_said_to_be_why_there_was_n
 @pytest.mark.parametrize(
     ("status", "hint"),
     [
-        (404, " (check the property and project names, and base_url)"),
+        (
+            404,
+            " (check the property and project names, and base_url: the documented properties "
+            "are size, link_pre, link_post, neurotransmitter, connectivity, nucleus, soma, "
+            "mitochondria, dcv, the projects fruitfly_fafb_flywire, fruitfly_fanc_cave)",
+        ),
         (413, " (too many segments in one request; lower chunk_size)"),
         (422, " (the server could not use the request; check the project name)"),
         (500, ""),
