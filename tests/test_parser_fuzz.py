@@ -10,7 +10,9 @@ both must come to the same outcome.
 
 The oracle is the standard library's own reading of the body, which keeps every
 integer exact: whenever the parser returns, each value must be identical to it (same
-types too, so an integer that came back as a float counts as wrong).
+types too, so an integer that came back as a float counts as wrong), and the body must
+not repeat a key at the top level or in ``results`` (which the parser refuses). When
+both parsers refuse, they must refuse alike (the same message, equally transient).
 """
 
 from __future__ import annotations
@@ -45,7 +47,10 @@ FUZZ = settings(
 @contextlib.contextmanager
 def stdlib_only() -> Iterator[None]:
     """Make `_merge.loads` use only the standard library, as without orjson."""
-    with mock.patch.object(_merge, "_fast_loads", None):
+    with (
+        mock.patch.object(_merge, "_fast_loads", None),
+        mock.patch.object(_merge, "_fast_dumps", None),
+    ):
         yield
 
 
@@ -126,7 +131,7 @@ def near_valid_bodies(draw: st.DrawFn) -> tuple[bytes, list[int]]:
     for _ in range(draw(st.integers(0, 2))):
         pairs.append((draw(other_keys(ids)), draw(SMALL_JSON)))
     if draw(st.booleans()) and pairs:
-        key, _ = draw(st.sampled_from(pairs))  # a repeated key: the last one wins
+        key, _ = draw(st.sampled_from(pairs))  # a repeated key: refused
         pairs.insert(draw(st.integers(0, len(pairs))), (key, draw(SMALL_JSON)))
     pairs = draw(st.permutations(pairs))
     results_text = draw(
@@ -148,6 +153,8 @@ def near_valid_bodies(draw: st.DrawFn) -> tuple[bytes, list[int]]:
         )
     )
     members = [f'"materialized_timestamp": {timestamp_text}', f'"results": {results_text}']
+    if draw(st.integers(0, 9)) == 0:  # a documented member repeated: refused
+        members.append(draw(st.sampled_from(members)))
     for _ in range(draw(st.integers(0, 2))):  # unknown members, which may shadow ours
         members.append(f"{_dump(draw(TEXT), ascii_only)}: {_dump(draw(SMALL_JSON), ascii_only)}")
     if draw(st.integers(0, 9)) == 0:
@@ -186,7 +193,11 @@ def valid_answers(draw: st.DrawFn) -> tuple[bytes, list[int], int, dict[str, Any
     timestamp = draw(st.one_of(st.integers(0, 2**32), st.integers(0, 2**63 - 1)))
     results = {str(s): draw(valid_values()) for s in draw(st.permutations(known))}
     answer = {"materialized_timestamp": timestamp, "results": results}
-    body = json.dumps(answer, ensure_ascii=draw(st.booleans())).encode("utf-8", "surrogatepass")
+    # Compact, spaced or pretty-printed: the check for repeated keys must clear them all.
+    layout = draw(st.sampled_from([{"separators": (",", ":")}, {}, {"indent": 2}]))
+    body = json.dumps(answer, ensure_ascii=draw(st.booleans()), **layout).encode(
+        "utf-8", "surrogatepass"
+    )
     return body, ids, timestamp, results
 
 
@@ -211,18 +222,37 @@ def check(body: bytes, ids: list[int]) -> ChunkAnswer | None:
     with stdlib_only():
         slow = check_one(body, ids)
     if _merge._fast_loads is None:  # pragma: no cover - orjson is in the dev extra
-        return slow
+        return slow if isinstance(slow, ChunkAnswer) else None
     fast = check_one(body, ids)
-    if slow is None or fast is None:
-        assert slow is fast is None, "one parser accepted what the other refused"
-    else:
-        assert fast.timestamp == slow.timestamp
-        assert fast.ids == slow.ids
-        assert identical(fast.values, slow.values)
+    if not isinstance(slow, ChunkAnswer) or not isinstance(fast, ChunkAnswer):
+        assert not isinstance(slow, ChunkAnswer), "orjson refused what the stdlib accepted"
+        assert not isinstance(fast, ChunkAnswer), "the stdlib refused what orjson accepted"
+        assert (str(fast), fast.transient) == (str(slow), slow.transient)
+        return None
+    assert fast.timestamp == slow.timestamp
+    assert fast.ids == slow.ids
+    assert identical(fast.values, slow.values)
     return fast
 
 
-def check_one(body: bytes, ids: list[int]) -> ChunkAnswer | None:
+def repeats(body: bytes) -> set[str]:
+    """The keys the standard library sees repeated at the top level or in ``results``."""
+    found: dict[int, set[str]] = {}
+    kept: list[dict[str, Any]] = []
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(pairs)
+        kept.append(obj)  # alive, so that ids stay unique
+        names = [k for k, _ in pairs]
+        found[id(obj)] = {k for k in names if names.count(k) > 1}
+        return obj
+
+    data = json.loads(body, object_pairs_hook=hook)
+    top = found[id(data)] & {"materialized_timestamp", "results"}
+    return top | found[id(data["results"])]
+
+
+def check_one(body: bytes, ids: list[int]) -> ChunkAnswer | MalformedResponseError:
     """Parse; if it returns, check it against the standard library's reading."""
     keys = list(map(str, ids))
     # Anything but MalformedResponseError (KeyError, TypeError, ...) fails the test.
@@ -236,7 +266,7 @@ def check_one(body: bytes, ids: list[int]) -> ChunkAnswer | None:
     if refused is not None:
         assert str(refused).startswith(DESCRIBE)  # it names the chunk
         assert isinstance(refused.body, str)
-        return None
+        return refused
 
     data = json.loads(body)  # the body parsed, so the exact reader must agree
     assert type(data) is dict
@@ -259,6 +289,8 @@ def check_one(body: bytes, ids: list[int]) -> ChunkAnswer | None:
     assert not set(got) & set(answer.missing)
     # Nothing the chunk did not ask for was silently dropped: every key is accounted for.
     assert set(results) == {str(s) for s in got}
+    # Nor was a value shadowed by a repeated key.
+    assert not repeats(body)
     return answer
 
 
@@ -284,6 +316,12 @@ def test_arbitrary_json_gives_a_right_answer_or_malformed_response_error(
 @example(body_and_ids=(b'{"materialized_timestamp": 9223372036854775808, "results": {}}', []))
 @example(body_and_ids=(b'{"materialized_timestamp": 1, "results": {"2": {"v": NaN}}}', [2]))
 @example(body_and_ids=(b'{"materialized_timestamp": 1, "results": {"\\ud800": {}}}', [2]))
+@example(body_and_ids=(b'{"materialized_timestamp": 5, "results": {"1": {}, "\\u0031": {}}}', [1]))
+@example(body_and_ids=(b'{"materialized_timestamp": 5, "results": {"1": {}, "1" : {}}}', [1]))
+@example(
+    body_and_ids=(b'{"materialized_timestamp": 5, "materialized_timestamp": 5, "results": {}}', [])
+)
+@example(body_and_ids=(b'{"results": 1, "materialized_timestamp": 5, "results": {}}', []))
 def test_near_valid_answers_give_a_right_answer_or_malformed_response_error(
     body_and_ids: tuple[bytes, list[int]],
 ) -> None:
