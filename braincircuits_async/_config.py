@@ -230,8 +230,11 @@ class RetryPolicy:
 
     Waits are exponential with full jitter: before retry ``n`` (1-based) the
     client sleeps a random time in ``[0, min(backoff_max, backoff_base * 2**(n-1))]``,
-    or at least the server's ``Retry-After`` when it sends one. A ``Retry-After``
-    longer than ``max_retry_after`` fails the chunk at once instead of waiting.
+    or at least the server's ``Retry-After`` when it sends one: on a 429 up to
+    ``max_retry_after`` (a longer one fails the chunk at once instead of waiting), on
+    a 5xx up to ``backoff_max`` (a guess at downtime, not an allowance). A fetch whose
+    last ``max_concurrency x (max_retries + 1)`` requests all found the server down
+    stops (see ``_policy.brake``).
     """
 
     max_retries: int = DEFAULT_MAX_RETRIES
