@@ -27,9 +27,9 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -37,7 +37,12 @@ import httpx
 
 from ._backends import HttpBackend
 from ._background import BackgroundTasks
-from ._chunking import normalize_segments, validate_project, validate_properties
+from ._chunking import (
+    normalize_segments,
+    normalize_segments_async,
+    validate_project,
+    validate_properties,
+)
 from ._config import (
     DEFAULT_BACKOFF_BASE,
     DEFAULT_BACKOFF_MAX,
@@ -77,6 +82,8 @@ from ._wire import Target, Wire
 __all__ = ["AsyncClient", "ClientStats"]
 
 logger = logging.getLogger("braincircuits_async")
+
+T = TypeVar("T")
 
 #: Ids looked up in the store per worker-thread call (about 10 ms of work each).
 LOOKUP_BATCH = 10_000
@@ -267,7 +274,7 @@ class AsyncClient:
 
     async def __aenter__(self) -> AsyncClient:
         self._on_its_loop()
-        await self._http.open()
+        await self._ready()
         return self
 
     async def __aexit__(
@@ -299,7 +306,7 @@ class AsyncClient:
     def __del__(self) -> None:
         # As an unclosed file does: the connections (and a store) stay open until then.
         http = getattr(self, "_http", None)
-        if getattr(self, "_loop", None) is not None and http is not None and not http.is_closed:
+        if http is not None and http.clients and not http.is_closed:
             warnings.warn(
                 f"unclosed {self!r}: close it with `await client.aclose()`, or use "
                 "`async with bca.AsyncClient(...) as client:`",
@@ -385,7 +392,8 @@ class AsyncClient:
                 for one property as for several: when every chunk of every property
                 failed, that chunk's own error.
         """
-        props, proj, ids = self._prepare(properties, segments, project)
+        props, proj = self._prepare(properties, project)
+        ids = await self._segment_ids(segments)
         limit = self._deadline(deadline)
         started = anyio.current_time()  # the deadline counts the store's lookup too
         if not ids:
@@ -453,25 +461,37 @@ class AsyncClient:
         The stream's requests run in a task of the client's own, which outlives a
         ``break`` in the loop; closing the client stops it.
         """
-        (prop,), proj, ids = self._prepare([property], segments, project)
+        (prop,), proj = self._prepare([property], project)
+        # Many ids are checked off the loop, as the stream starts: an error in them is
+        # raised by the first step of the `async for`, not here.
+        known = _sized(segments)
+        ids = normalize_segments(segments) if known is not None and known < OFF_LOOP else None
         limit = self._deadline(deadline)
         # As many buffered results as workers: a worker whose chunk is done need not
         # wait for the reader, and results fetched before an error reach it first.
         stream = PropertyStream(buffer=2 * self._config.max_concurrency)
         producer = stream.producer
-        if not ids:
+        if ids is not None and not ids:
             producer.finish()
             return stream
         target = self._wire.target(prop, proj)  # a missing token fails before any bar
-        reporter = make_reporter(progress, len(ids), prop)
+        reporters: list[Reporter | None] = []
 
         async def run() -> None:
             started = anyio.current_time()
-            plan = await self._plan(target, ids, values=False)  # memory: values as handed on
-            call = self._call(target, plan, Reference(), reporter=reporter, sink=producer.put)
+            checked = ids if ids is not None else await self._segment_ids(segments)
+            reporters.append(make_reporter(progress, len(checked), prop))
+            if not checked:
+                return
+            plan = await self._plan(target, checked, values=False)  # memory: values as handed on
+            call = self._call(target, plan, Reference(), reporter=reporters[0], sink=producer.put)
             await self._fetch([call], limit, started, streaming=True)
 
-        self._tasks.start(functools.partial(producer.run, run, lambda: close_reporter(reporter)))
+        def done() -> None:
+            for reporter in reporters:
+                close_reporter(reporter)
+
+        self._tasks.start(functools.partial(producer.run, run, done))
         return stream
 
     # --- the one orchestration -------------------------------------------------------
@@ -494,6 +514,7 @@ class AsyncClient:
         """
         config = self._config
         how: dict[str, Any] = {"consistency": config.consistency, "streaming": streaming}
+        await self._ready()
 
         def outcomes() -> list[Outcome]:
             return [c.outcome() for c in calls]
@@ -511,15 +532,28 @@ class AsyncClient:
             except BrainCircuitsError as error:
                 # A fatal answer (401, 404, ...) or a store that cannot be written:
                 # still fail fast, but with everything fetched so far.
-                raise with_partial(error, outcomes(), **how) from None
+                raise await self._settled(with_partial, calls, error, outcomes(), **how) from None
         if scope.cancelled_caught:
             # A fatal error the deadline cut short of being raised is still the answer.
             fatal = next((c.fatal for c in calls if c.fatal is not None), None)
             if fatal is not None:
-                raise with_partial(fatal, outcomes(), **how)
+                raise await self._settled(with_partial, calls, fatal, outcomes(), **how)
             for call in calls:
                 call.deadline_passed(deadline or 0.0)
-        return settle(outcomes(), max_refetch_rounds=config.max_refetch_rounds, **how)
+        rounds = config.max_refetch_rounds
+        return await self._settled(settle, calls, outcomes(), max_refetch_rounds=rounds, **how)
+
+    async def _settled(
+        self, settling: Callable[..., T], calls: Sequence[Call], *args: Any, **kwargs: Any
+    ) -> T:
+        """``settling(*args, **kwargs)``: merging a million segments takes a quarter of
+        a second, so a large call's merge runs in a worker thread (shielded: it is
+        bounded work, and a cancellation lands right after it)."""
+        if sum(len(c.ids) for c in calls) < OFF_LOOP:
+            return settling(*args, **kwargs)
+        with anyio.CancelScope(shield=True):
+            settled = await off_loop(functools.partial(settling, *args, **kwargs))
+        return settled
 
     async def _deliver_stored(self, calls: Sequence[Call]) -> None:
         """Streams: hand on what the store held, then fetch again what is stale."""
@@ -631,16 +665,22 @@ class AsyncClient:
         check_seconds("deadline", deadline)
         return float(deadline)
 
-    def _prepare(
-        self, properties: Iterable[str], segments: Iterable[Any], project: str | None
-    ) -> tuple[list[str], str, list[int]]:
-        """Validate everything before any request: names, project, ids, an open client."""
+    def _prepare(self, properties: Iterable[str], project: str | None) -> tuple[list[str], str]:
+        """Validate the names, and that the client is open on this loop, before any request."""
         props = validate_properties(properties)
         proj = validate_project(project if project is not None else self._config.project)
         if self._http.is_closed:
             raise ClientClosedError("this AsyncClient is closed; create a new one")
         self._on_its_loop()
-        return props, proj, normalize_segments(segments)
+        return props, proj
+
+    async def _segment_ids(self, segments: Iterable[Any]) -> list[int]:
+        """The ids, validated and de-duplicated, in slices that let the caller's loop run."""
+        return await normalize_segments_async(segments)
+
+    async def _ready(self) -> None:
+        """The connection pools, built on the first use (on the loop now known)."""
+        await self._http.ready(on_asyncio=isinstance(self._loop, asyncio.AbstractEventLoop))
 
     def _on_its_loop(self) -> None:
         """Bind the client to the running event loop on first use; refuse any other.
@@ -652,7 +692,6 @@ class AsyncClient:
         token = anyio.lowlevel.current_token()
         loop = getattr(token, "native_token", token)  # the loop (a wrapper since anyio 4.11)
         if self._loop is None:
-            self._http.choose(on_asyncio=isinstance(loop, asyncio.AbstractEventLoop))
             self._loop = loop
         elif loop is not self._loop:
             raise UsageError(
@@ -660,6 +699,24 @@ class AsyncClient:
                 "connections belong to that loop: use (and close) it there, or create "
                 "one client per event loop (each asyncio.run() starts a new loop)"
             )
+
+
+#: From this many ids on, checking them and merging the answers run in a worker thread
+#: (about 3 ms of work on the loop below it; a thread hop costs ~0.1 ms).
+OFF_LOOP = 20_000
+
+
+def _sized(segments: Iterable[Any]) -> int | None:
+    """How many ids ``segments`` holds, if it says without being read."""
+    try:
+        return len(segments)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+async def off_loop(work: Callable[..., T], *args: Any) -> T:
+    """``work(*args)`` in a worker thread, so the caller's event loop keeps running."""
+    return await anyio.to_thread.run_sync(work, *args)
 
 
 def _empty(prop: str, project: str) -> SegmentPropertyResult:

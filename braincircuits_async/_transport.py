@@ -9,13 +9,17 @@ any echo of a token in an error body is blanked before it reaches a message.
 from __future__ import annotations
 
 import http
+import importlib.util
 import ipaddress
 import json
 import logging
 import re
+import ssl
 from collections.abc import Iterable
 from pathlib import Path
 
+import anyio
+import anyio.to_thread
 import httpx
 
 from ._backends import (
@@ -137,68 +141,47 @@ class ConnectionPools:
         url = httpx.URL(config.base_url)
         self._loopback = is_loopback(url.host)
         self._proxy = env_proxy(url, trust_env=config.trust_env, loopback=self._loopback)
+        # What cannot work is said now, not at the first request.
         if config.http_backend == "aiohttp" and transport is None and not aiohttp_installed():
             raise MissingDependencyError(AIOHTTP_NEEDS)
-        # One TLS context for every pool: building one costs tens of milliseconds.
-        self._verify = (
-            httpx.create_ssl_context(trust_env=config.trust_env) if transport is None else None
-        )
-        #: What the requests go through; httpx's stack until the first use decides.
-        self.backend: Backend = "transport" if transport is not None else "httpx"
-        self._chosen = False
-        self._build(aiohttp=False)
-
-    def _build(self, *, aiohttp: bool) -> None:
-        """The clients and their slots: small httpcore pools, or one pool otherwise."""
-        config, transport = self._config, self._transport
-        bound = config.max_concurrency
-        # aiohttp's pool, like a caller's transport, has no cost quadratic in its size.
-        one_pool = transport is not None or aiohttp
-        size = bound if one_pool else min(config.connections_per_pool, bound)
-        count = -(-bound // size)
-        headers = {
-            "Accept": "application/json",
-            "Content-Type": "application/json",
-            "User-Agent": f"braincircuits-async/{__version__}",
-        }
-
-        def limits(i: int) -> httpx.Limits:
-            n = min(size, bound - i * size)
-            return httpx.Limits(max_connections=n, max_keepalive_connections=n)
-
-        try:
-            self.clients = [
-                httpx.AsyncClient(
-                    base_url=config.base_url,
-                    transport=(
-                        aiohttp_transport(verify=self._verify, limits=limits(i), proxy=self._proxy)
-                        if aiohttp and self._verify is not None
-                        else transport
-                    ),
-                    limits=limits(i),
-                    timeout=httpx.Timeout(config.timeout),
-                    follow_redirects=False,
-                    headers=headers,
-                    verify=self._verify if self._verify is not None else True,
-                    trust_env=config.trust_env and not self._loopback,
-                )
-                for i in range(count)
-            ]
-        except ImportError:
-            # httpx needs socksio for a SOCKS proxy named in the environment. The
-            # proxy's address is not quoted: it may carry a user name and password.
+        if (
+            transport is None
+            and self._proxy is not None
+            and self._proxy.lower().startswith("socks")
+            and importlib.util.find_spec("socksio") is None
+        ):
+            # The proxy's address is not quoted: it may carry a user name and password.
             raise MissingDependencyError(
                 "the environment names a SOCKS proxy (ALL_PROXY or HTTPS_PROXY), which "
                 "needs the socks extra: pip install 'braincircuits-async[socks]'; or pass "
                 "trust_env=False to ignore the environment's proxies"
-            ) from None
-        #: Which client each slot sends through; free slots are popped from the end.
-        self._slot_client = [self.clients[slot // size] for slot in range(bound)]
-        self._free = list(range(bound - 1, -1, -1))
+            )
+        #: The headers every request carries besides the tokens.
+        self.headers = httpx.Headers(
+            {
+                "Accept": "application/json",
+                "Content-Type": "application/json",
+                "User-Agent": f"braincircuits-async/{__version__}",
+            }
+        )
+        #: What the requests go through, settled by :meth:`ready` on the first use.
+        self.backend: Backend = "transport" if transport is not None else "httpx"
+        self.clients: list[httpx.AsyncClient] = []
+        self._slot_client: list[httpx.AsyncClient] = []
+        self._free: list[int] = []
+        self._building: anyio.Event | None = None
+        self._closed = False
 
-    def choose(self, *, on_asyncio: bool) -> None:
-        """Settle the backend on the client's first use, once its event loop is known."""
-        if self._chosen:
+    async def ready(self, *, on_asyncio: bool) -> None:
+        """Build the pools on the first use, once the event loop is known.
+
+        Off the loop: a TLS context costs tens of milliseconds, and importing
+        aiohttp a few hundred, which would stall the caller's other tasks.
+        """
+        if self.clients:
+            return
+        if self._building is not None:  # another call of this client is building them
+            await self._building.wait()
             return
         backend = choose_backend(
             self._config.http_backend,
@@ -208,19 +191,64 @@ class ConnectionPools:
             proxy=self._proxy,
             mocked=respx_is_mocking(),
         )
-        self._chosen = True
-        if backend == "aiohttp":
-            self._build(aiohttp=True)  # the httpx clients built first hold no connection
-        self.backend = backend
+        self._building = building = anyio.Event()
+        try:
+            with anyio.CancelScope(shield=True):  # bounded work: finish it once started
+                await anyio.to_thread.run_sync(self._build, backend)
+        finally:
+            self._building = None
+            building.set()
 
-    @property
-    def headers(self) -> httpx.Headers:
-        """The headers every request carries besides the tokens."""
-        return self.clients[0].headers
+    def _build(self, backend: Backend) -> None:
+        """The clients and their slots: small httpcore pools, or one pool otherwise."""
+        config, transport = self._config, self._transport
+        aiohttp = backend == "aiohttp"
+        verify: ssl.SSLContext | bool = True
+        if transport is None:
+            # One TLS context for every pool: building one costs tens of milliseconds.
+            verify = httpx.create_ssl_context(trust_env=config.trust_env)
+        bound = config.max_concurrency
+        # aiohttp's pool, like a caller's transport, has no cost quadratic in its size.
+        one_pool = transport is not None or aiohttp
+        size = bound if one_pool else min(config.connections_per_pool, bound)
+        count = -(-bound // size)
+
+        def limits(i: int) -> httpx.Limits:
+            n = min(size, bound - i * size)
+            return httpx.Limits(max_connections=n, max_keepalive_connections=n)
+
+        def mount(i: int) -> httpx.AsyncBaseTransport | None:
+            if aiohttp and isinstance(verify, ssl.SSLContext):
+                return aiohttp_transport(verify=verify, limits=limits(i), proxy=self._proxy)
+            return transport
+
+        try:
+            clients = [
+                httpx.AsyncClient(
+                    base_url=config.base_url,
+                    transport=mount(i),
+                    limits=limits(i),
+                    timeout=httpx.Timeout(config.timeout),
+                    follow_redirects=False,
+                    headers=self.headers,
+                    verify=verify,
+                    trust_env=config.trust_env and not self._loopback,
+                )
+                for i in range(count)
+            ]
+        except ImportError:  # pragma: no cover - found in __init__ (socksio missing)
+            raise MissingDependencyError(
+                "the environment names a SOCKS proxy, which needs the socks extra: "
+                "pip install 'braincircuits-async[socks]'"
+            ) from None
+        self._slot_client = [clients[slot // size] for slot in range(bound)]
+        self._free = list(range(bound - 1, -1, -1))
+        self.backend = backend
+        self.clients = clients
 
     @property
     def is_closed(self) -> bool:
-        return self.clients[0].is_closed
+        return self._closed
 
     def take(self) -> int:
         """A free slot: call only while holding the client's limiter, which ensures one."""
@@ -232,11 +260,8 @@ class ConnectionPools:
     def give_back(self, slot: int) -> None:
         self._free.append(slot)
 
-    async def open(self) -> None:
-        for client in self.clients:
-            await client.__aenter__()
-
     async def aclose(self) -> None:
+        self._closed = True
         for client in self.clients:
             await client.aclose()
 

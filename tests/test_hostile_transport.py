@@ -233,21 +233,22 @@ async def test_another_host_goes_through_the_environments_proxy(
     assert_no_piece(repr(seen))
 
 
-def test_trust_env_false_ignores_the_environments_proxies(
+async def test_trust_env_false_ignores_the_environments_proxies(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
     url = httpx.URL("https://api.braincircuits.test/circuit")
 
-    def proxied(client: bca.AsyncClient) -> bool:
-        pools = client._wire.pools.clients
-        return any(isinstance(c._transport_for_url(url), httpx.AsyncHTTPTransport)
-                   and c._transport_for_url(url) is not c._transport for c in pools)  # fmt: skip
+    async def proxied(**options: Any) -> bool:
+        async with bca.AsyncClient(
+            token="t", base_url="https://api.braincircuits.test", **options
+        ) as client:
+            pools = client._wire.pools.clients
+            mounted = [c._transport_for_url(url) for c in pools]
+            return any(m is not c._transport for m, c in zip(mounted, pools, strict=True))
 
-    assert proxied(bca.AsyncClient(token="t", base_url=str(url.copy_with(path="/"))))
-    assert not proxied(
-        bca.AsyncClient(token="t", base_url="https://api.braincircuits.test", trust_env=False)
-    )
+    assert await proxied()  # "auto" stays on httpx's stack, which honours the proxy
+    assert not await proxied(trust_env=False)
 
 
 def test_a_socks_proxy_without_socksio_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
