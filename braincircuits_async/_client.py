@@ -459,7 +459,9 @@ class AsyncClient:
         when no chunk at all could be fetched, that chunk's own error).
 
         The stream's requests run in a task of the client's own, which outlives a
-        ``break`` in the loop; closing the client stops it.
+        ``break`` in the loop; closing the client stops it. Up to 20,000 ids are
+        checked here; more are checked as the stream starts, off the loop, and a bad
+        one among them is raised by the first step of the ``async for``.
         """
         (prop,), proj = self._prepare([property], project)
         # Many ids are checked off the loop, as the stream starts: an error in them is
