@@ -102,3 +102,13 @@ async def test_a_large_calls_merge_runs_in_a_worker_thread(
 def test_the_sync_and_async_checks_agree() -> None:
     ids = [BASE + 3, BASE + 1, BASE + 3]
     assert normalize_segments(ids) == anyio.run(normalize_segments_async, ids)
+
+
+async def test_a_stream_of_many_ids_checks_them_as_it_starts(make_client: Any) -> None:
+    async with make_client(transport=ScriptedServer()) as client:
+        with pytest.raises(bca.InvalidSegmentError):
+            client.iter_property("link_pre", [1, -2])  # few: checked at once
+        stream = client.iter_property("link_pre", [*range(1, _client.OFF_LOOP + 1), -2])
+        with pytest.raises(bca.InvalidSegmentError, match="-2"):
+            async for _ in stream:
+                pass
