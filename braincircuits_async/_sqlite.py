@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import Any
 
 from ._exceptions import StoreError
-from ._merge import loads
+from ._json import loads
 
 __all__ = [
     "SIGNED",

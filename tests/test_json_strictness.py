@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from braincircuits_async import MalformedResponseError, _fake_data, _merge
+from braincircuits_async import MalformedResponseError, _fake_data, _json, _merge
 from braincircuits_async._merge import MAX_DEPTH, ChunkAnswer, loads, parse_answer
 
 T = TypeVar("T")
@@ -31,11 +31,11 @@ TOKEN = "tok/SECRET+key=="
 def parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run the test with orjson (when installed) and with the standard library alone."""
     if request.param == "orjson":
-        if _merge._fast_loads is None:
+        if _json._fast_loads is None:
             pytest.skip("orjson is not installed")
     else:
-        monkeypatch.setattr(_merge, "_fast_loads", None)
-        monkeypatch.setattr(_merge, "_fast_dumps", None)
+        monkeypatch.setattr(_json, "_fast_loads", None)
+        monkeypatch.setattr(_json, "_fast_dumps", None)
     return str(request.param)
 
 
@@ -196,13 +196,13 @@ def test_answers_without_a_repeated_key_parse_exactly(parser: str, case: str) ->
 
 @pytest.mark.parametrize("case", list(REPEATED) + list(UNIQUE))
 def test_the_verdict_on_repeats_is_the_same_on_both_parsers(case: str) -> None:
-    if _merge._fast_loads is None:
+    if _json._fast_loads is None:
         pytest.skip("orjson is not installed")
     body = REPEATED[case][0] if case in REPEATED else UNIQUE[case][0]
     fast = outcome(body)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_merge, "_fast_loads", None)
-        patch.setattr(_merge, "_fast_dumps", None)
+        patch.setattr(_json, "_fast_loads", None)
+        patch.setattr(_json, "_fast_dumps", None)
         slow = outcome(body)
 
     assert fast == slow
@@ -239,13 +239,13 @@ def test_bodies_the_counts_cannot_clear_are_read_exactly_by_the_slow_check(
 ) -> None:
     body, expected = SLOW[case]
     calls: list[bytes] = []
-    exact_check = _merge._repeated_key
+    exact_check = _json.repeated_key
 
     def counted(body: bytes) -> str | None:
         calls.append(body)
         return exact_check(body)
 
-    monkeypatch.setattr(_merge, "_repeated_key", counted)
+    monkeypatch.setattr(_merge, "repeated_key", counted)
 
     answer = parse(body)
 
@@ -272,7 +272,7 @@ def test_the_fake_servers_answers_are_cleared_without_the_exact_check(
     def exact_check(body: bytes) -> str | None:
         raise AssertionError("the cheap proof failed")
 
-    monkeypatch.setattr(_merge, "_repeated_key", exact_check)
+    monkeypatch.setattr(_merge, "repeated_key", exact_check)
     answer = parse_answer(body, segments, list(map(str, segments)), start=0, describe=DESCRIBE)
 
     assert len(list(answer.items())) == len(segments)
@@ -298,9 +298,9 @@ def test_the_cheap_proof_clears_only_bodies_without_a_repeat(
     parser: str, body: bytes, proved: bool | None
 ) -> None:
     data = json.loads(body)
-    digits = body.translate(_merge._DIGITS)
+    digits = body.translate(_json._DIGITS)
 
-    result = _merge._keys_are_unique(body, digits, data, data["results"])
+    result = _json.keys_are_unique(body, digits, data, data["results"])
 
     if proved is None:  # orjson's writing proves it; the counts alone do not
         proved = parser == "orjson"
@@ -401,17 +401,17 @@ def test_loads_refuses_the_same_depths_on_either_parser(
         assert not isinstance(result, ValueError)
         assert depth_of(result) == depth
     else:
-        assert isinstance(result, _merge._TooDeep)
+        assert isinstance(result, _json.TooDeep)
 
 
 def every_outcome(body: bytes) -> Iterator[tuple[Any, ...]]:
     """The outcome on each parser, from a shallow and from a deep stack."""
-    parsers = ["stdlib"] if _merge._fast_loads is None else ["orjson", "stdlib"]
+    parsers = ["stdlib"] if _json._fast_loads is None else ["orjson", "stdlib"]
     for name in parsers:
         with pytest.MonkeyPatch.context() as patch:
             if name == "stdlib":
-                patch.setattr(_merge, "_fast_loads", None)
-                patch.setattr(_merge, "_fast_dumps", None)
+                patch.setattr(_json, "_fast_loads", None)
+                patch.setattr(_json, "_fast_dumps", None)
             for run in STACKS.values():
                 result = run(lambda: outcome(body, (1,)))
                 if result[0] == "parsed":  # deep values compare by their depth (== recurses)

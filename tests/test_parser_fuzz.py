@@ -28,7 +28,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from braincircuits_async import MalformedResponseError, _merge
+from braincircuits_async import MalformedResponseError, _json
 from braincircuits_async._merge import ChunkAnswer, parse_answer
 from braincircuits_async.testing import DOCUMENTED_PROPERTIES, FakeBrainCircuits
 
@@ -46,10 +46,10 @@ FUZZ = settings(
 
 @contextlib.contextmanager
 def stdlib_only() -> Iterator[None]:
-    """Make `_merge.loads` use only the standard library, as without orjson."""
+    """Make `_json.loads` use only the standard library, as without orjson."""
     with (
-        mock.patch.object(_merge, "_fast_loads", None),
-        mock.patch.object(_merge, "_fast_dumps", None),
+        mock.patch.object(_json, "_fast_loads", None),
+        mock.patch.object(_json, "_fast_dumps", None),
     ):
         yield
 
@@ -221,7 +221,7 @@ def check(body: bytes, ids: list[int]) -> ChunkAnswer | None:
     """Parse with each JSON parser; the same outcome, and a right one, from both."""
     with stdlib_only():
         slow = check_one(body, ids)
-    if _merge._fast_loads is None:  # pragma: no cover - orjson is in the dev extra
+    if _json._fast_loads is None:  # pragma: no cover - orjson is in the dev extra
         return slow if isinstance(slow, ChunkAnswer) else None
     fast = check_one(body, ids)
     if not isinstance(slow, ChunkAnswer) or not isinstance(fast, ChunkAnswer):
@@ -373,7 +373,7 @@ def test_the_fake_servers_answers_parse_exactly(prop: str, ids: list[int]) -> No
 
 @pytest.mark.parametrize("number", [-(2**63) - 1, -(10**19) + 1])
 def test_negative_integers_below_int64_keep_their_exact_value(number: int) -> None:
-    if _merge._fast_loads is None:
+    if _json._fast_loads is None:
         pytest.skip("orjson is not installed")
     body = f'{{"materialized_timestamp": 1, "results": {{"5": {{"v": {number}}}}}}}'.encode()
 

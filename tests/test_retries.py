@@ -260,10 +260,10 @@ async def test_answers_of_the_wrong_shape_name_the_problem(
 async def test_answers_parse_the_same_with_and_without_orjson(
     api: Any, make_client: Any, monkeypatch: pytest.MonkeyPatch, fast: bool
 ) -> None:
-    from braincircuits_async import _merge
+    from braincircuits_async import _json
 
     if not fast:
-        monkeypatch.setattr(_merge, "_fast_loads", None)
+        monkeypatch.setattr(_json, "_fast_loads", None)
     # A value orjson refuses (an integer beyond 64 bits) falls back to the stdlib parser.
     body = b'{"materialized_timestamp": 5, "results": {"1": {"n": 123456789012345678901234}}}'
     api.post(PATH).mock(return_value=httpx.Response(200, content=body))
