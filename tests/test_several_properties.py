@@ -9,7 +9,7 @@ import pytest
 
 import braincircuits_async as bca
 
-from .conftest import TIMESTAMP, ScriptedServer, requested, value_for
+from .conftest import ON_A_FAKE_CLOCK, TIMESTAMP, ScriptedServer, requested, value_for
 
 pytestmark = pytest.mark.anyio
 
@@ -113,6 +113,7 @@ async def test_refetch_disagreement_keeps_every_propertys_result(make_client: An
     assert error.result.property in ("size", "link_pre")  # a property that lags
 
 
+@ON_A_FAKE_CLOCK  # 429s on everything: the gate spaces the starts out by seconds
 async def test_when_every_chunk_of_every_property_fails_the_error_is_the_same_as_for_one(
     make_client: Any,
 ) -> None:
