@@ -160,39 +160,56 @@ async def call_with_retry(
     ``timeouts_before_giving_up``, that many timeouts end the retries early (the
     caller splits the chunk instead of waiting out every retry).
     """
+    # The first try without tenacity: nearly every request succeeds at once, and
+    # setting up the retry machinery costs ~50 us a request (at 64 in flight, a
+    # tenth of the client's own time).
+    try:
+        return await send()
+    except Exception as error:  # cancellation passes through, as it does in tenacity
+        first = error
     timeouts = 0
 
-    def retry(state: RetryCallState) -> bool:
+    def worth_another(error: BaseException) -> bool:
         nonlocal timeouts
-        error = state.outcome.exception() if state.outcome else None
-        if error is None:
-            return False
         if isinstance(error, APITimeoutError) and timeouts_before_giving_up is not None:
             timeouts += 1
             if timeouts >= timeouts_before_giving_up:
                 return False
         return should_retry(error, policy)
 
-    def wait(state: RetryCallState) -> float:
-        error = state.outcome.exception() if state.outcome else None
-        return wait_for(state.attempt_number, retry_after_to_honour(error, policy), policy)
-
-    def before_sleep(state: RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome else None
-        assert error is not None
-        delay = state.upcoming_sleep
+    def announce(error: BaseException, retry_number: int, delay: float) -> None:
         logger.info(
             "retrying in %.2fs (retry %d of %d) after: %s",
             delay,
-            state.attempt_number,
+            retry_number,
             policy.max_retries,
             error,
         )
         if on_retry is not None:
             on_retry(error, delay)
 
+    if policy.max_retries == 0 or not worth_another(first):
+        raise first
+    delay = wait_for(1, retry_after_to_honour(first, policy), policy)
+    announce(first, 1, delay)
+    await sleep(delay)
+
+    # The retries after the first: tenacity's attempt n is retry n + 1 overall.
+    def retry(state: RetryCallState) -> bool:
+        error = state.outcome.exception() if state.outcome else None
+        return error is not None and worth_another(error)
+
+    def wait(state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        return wait_for(state.attempt_number + 1, retry_after_to_honour(error, policy), policy)
+
+    def before_sleep(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        assert error is not None
+        announce(error, state.attempt_number + 1, state.upcoming_sleep)
+
     retrying = AsyncRetrying(
-        stop=stop_after_attempt(policy.max_retries + 1),
+        stop=stop_after_attempt(policy.max_retries),
         wait=wait,
         retry=retry,
         before_sleep=before_sleep,

@@ -116,6 +116,13 @@ def check_base_url(base_url: str, *, custom_transport: bool) -> httpx.URL:
     return url
 
 
+class NoCookies(httpx.Cookies):
+    """A cookie jar that keeps nothing: the API uses none, and a server's must not stick."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
 class ConnectionPools:
     """Long-lived httpx clients whose connections add up to the concurrency bound.
 
@@ -241,6 +248,10 @@ class ConnectionPools:
                 "the environment names a SOCKS proxy, which needs the socks extra: "
                 "pip install 'braincircuits-async[socks]'"
             ) from None
+        for client in clients:
+            # No cookie jar: a server's cookies are never kept nor sent back (and
+            # httpx's jar costs ~140 us an answer, a tenth of the client's own time).
+            client._cookies = NoCookies()
         self._slot_client = [clients[slot // size] for slot in range(bound)]
         self._free = list(range(bound - 1, -1, -1))
         self.backend = backend

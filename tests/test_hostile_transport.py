@@ -355,3 +355,21 @@ def test_httpx_info_line_keeps_only_standard_reason_phrases(
     )  # fmt: skip
     assert HideResponseHeaders().filter(record)
     assert record.getMessage().endswith(f'{status} {shown}"')
+
+
+async def test_a_servers_cookies_are_never_kept_nor_sent_back() -> None:
+    async def handler(request: httpx.Request, number: int) -> httpx.Response | None:
+        assert "cookie" not in request.headers, "a cookie was sent back"
+        answer = httpx.Response(
+            200, json={"materialized_timestamp": 1, "results": {}}, headers={"Set-Cookie": "s=1"}
+        )
+        return answer
+
+    server = ScriptedServer(handler=handler)
+    async with bca.AsyncClient(
+        token=AWKWARD, base_url="https://api.test", transport=server, chunk_size=1
+    ) as client:
+        await client.fetch_property("link_pre", [1, 2, 3], project=OPEN)
+        assert all(len(http.cookies) == 0 for http in client._wire.pools.clients)  # none kept
+    assert len(server.requests) == 3
+    assert all("cookie" not in r.headers for r in server.requests)
