@@ -32,6 +32,16 @@ class Plan:
     store_fill_n: int
     store_repeats: int
     store_concurrencies: list[int]
+    #: The HTTP stacks (issue 14): the latency-bound concurrencies, the CPU-bound
+    #: ones and trio's, and runs of each figure (the best is kept).
+    backend_concurrencies: list[int]
+    backend_cpu_concurrencies: list[int]
+    trio_concurrencies: list[int]
+    backend_repeats: int
+    #: The caller's event loop: segments per fetch, the fake's latency, runs each.
+    stall_sizes: list[int]
+    stall_latency_ms: float
+    stall_repeats: int
     contenders: list[str] = field(default_factory=list)
 
 
@@ -49,6 +59,13 @@ FULL = Plan(
     store_fill_n=1_000_000,
     store_repeats=5,
     store_concurrencies=[8, 64],
+    backend_concurrencies=[8, 16, 32, 64],
+    backend_cpu_concurrencies=[8, 64],
+    trio_concurrencies=[8, 64],
+    backend_repeats=3,
+    stall_sizes=[100_000, 1_000_000],
+    stall_latency_ms=1,
+    stall_repeats=3,
 )
 QUICK = Plan(
     n=5_000,
@@ -64,6 +81,13 @@ QUICK = Plan(
     store_fill_n=20_000,
     store_repeats=1,
     store_concurrencies=[8, 64],
+    backend_concurrencies=[8, 64],
+    backend_cpu_concurrencies=[8],
+    trio_concurrencies=[8],
+    backend_repeats=1,
+    stall_sizes=[10_000],
+    stall_latency_ms=1,
+    stall_repeats=1,
 )
 
 

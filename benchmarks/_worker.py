@@ -4,15 +4,21 @@ Each contender fetches the same ids from the same fake server and merges the
 answers into one mapping held in memory; the worker prints one JSON line with
 the wall time, requests sent, segments returned and memory figures. The result
 store's contenders fetch into a store file (``client-store``, which also reports
-the file's size) or read one offline (``store-read``). A fresh
-process per measurement keeps one contender's garbage out of the next one's
-memory figures.
+the file's size) or read one offline (``store-read``); ``stall`` runs a fetch
+beside a 1 ms ticker that times the caller's event loop (``benchmarks._ticker``).
+A fresh process per measurement keeps one contender's garbage out of the next
+one's memory figures. ``"runner": "trio"`` in the spec runs the contender on trio
+(the client's only). ``--profile PATH`` before the spec writes a cProfile of the
+measurement to PATH (``python -m benchmarks._profile`` prints it). The HTTP stacks
+are imported before any clock starts (``WARM_IMPORTS``), unless ``"cold": true``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import importlib
 import json
 import resource
 import sys
@@ -26,12 +32,33 @@ import httpx
 import braincircuits_async as bca
 from braincircuits_async import testing
 
+from ._ticker import beside_ticker
+
 PROJECT = "fruitfly_fafb_flywire"
 ID_BASE = 720575940600000000
 HEADERS = {
     "Authorization": f"Bearer {testing.DEFAULT_TOKEN}",
     "Authorization-Cave": f"Bearer {testing.DEFAULT_CAVE_TOKEN}",
 }
+
+
+#: Imported before the clock starts, where installed (unless the spec says ``"cold"``):
+#: httpx imports httpcore (which imports trio) on its first AsyncClient, and the client
+#: aiohttp on its first request, 100-250 ms once per process. A running program pays
+#: that once; charged to one fetch, it would skew the comparison by contender.
+WARM_IMPORTS = (
+    "httpcore",
+    "aiohttp",
+    "httpx_aiohttp",
+    "anyio._backends._asyncio",
+    "anyio._backends._trio",
+)
+
+
+def warm_imports() -> None:
+    for name in WARM_IMPORTS:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
 
 
 def rss_bytes() -> int:
@@ -75,15 +102,26 @@ def naive(spec: dict[str, Any], ids: list[int]) -> tuple[dict[Any, Any], int]:
     return results, requests
 
 
-async def httpx_gather(spec: dict[str, Any], ids: list[int]) -> tuple[dict[Any, Any], int]:
-    """A hand-written asyncio.gather over httpx with a semaphore: what users write."""
+async def httpx_gather(
+    spec: dict[str, Any], ids: list[int], *, aiohttp_under: bool = False
+) -> tuple[dict[Any, Any], int]:
+    """A hand-written asyncio.gather over httpx with a semaphore: what users write.
+
+    ``aiohttp_under``: the same loop with ``httpx_aiohttp.AiohttpTransport``
+    under httpx (aiohttp's connections, httpx's interface).
+    """
     concurrency = spec["concurrency"]
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     semaphore = asyncio.Semaphore(concurrency)
     results: dict[Any, Any] = {}
     requests = 0
+    transport: httpx.AsyncBaseTransport | None = None
+    if aiohttp_under:
+        from httpx_aiohttp import AiohttpTransport
 
-    async with httpx.AsyncClient(limits=limits, timeout=60) as http:
+        transport = AiohttpTransport(limits=limits)
+
+    async with httpx.AsyncClient(limits=limits, timeout=60, transport=transport) as http:
 
         async def one(chunk: list[int]) -> None:
             nonlocal requests
@@ -106,6 +144,11 @@ async def httpx_gather(spec: dict[str, Any], ids: list[int]) -> tuple[dict[Any, 
 
         await asyncio.gather(*(one(c) for c in chunks(ids, spec["chunk_size"])))
     return results, requests
+
+
+async def httpx_aiohttp_gather(spec: dict[str, Any], ids: list[int]) -> tuple[dict[Any, Any], int]:
+    """The httpx loop with aiohttp under it (``httpx_aiohttp.AiohttpTransport``)."""
+    return await httpx_gather(spec, ids, aiohttp_under=True)
 
 
 async def aiohttp_gather(spec: dict[str, Any], ids: list[int]) -> tuple[dict[Any, Any], int]:
@@ -154,11 +197,12 @@ def client_settings(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def client(spec: dict[str, Any], ids: list[int]) -> tuple[Any, int]:
-    """This library's fetch_property."""
+async def client(spec: dict[str, Any], ids: list[int]) -> tuple[Any, int, dict[str, Any]]:
+    """This library's fetch_property; which HTTP stack it used (``http_backend``)."""
     async with bca.AsyncClient(**client_settings(spec)) as c:
         result = await c.fetch_property(spec["property"], ids)
-        return result, c.stats.requests
+        # Clients from before issue 14 had only httpx's own stack.
+        return result, c.stats.requests, {"http_backend": getattr(c, "http_backend", "httpx")}
 
 
 async def client_stream(spec: dict[str, Any], ids: list[int]) -> tuple[Any, int]:
@@ -205,14 +249,21 @@ def store_read(spec: dict[str, Any], ids: list[int]) -> tuple[Any, int, dict[str
     return result, 0, {"not_stored": len(result.not_stored), "missing": len(result.missing)}
 
 
+async def stall(spec: dict[str, Any], ids: list[int]) -> tuple[Any, int, dict[str, Any]]:
+    """A fetch (``"call"``: fetch or iter, ``"store"``: a path) beside a 1 ms ticker."""
+    return await beside_ticker(spec, ids, client_settings(spec))
+
+
 CONTENDERS: dict[str, Callable[..., Any]] = {
     "naive": naive,
     "httpx-gather": httpx_gather,
     "aiohttp-gather": aiohttp_gather,
+    "httpx-aiohttp-gather": httpx_aiohttp_gather,
     "client": client,
     "client-stream": client_stream,
     "client-store": client_store,
     "store-read": store_read,
+    "stall": stall,
 }
 
 
@@ -224,7 +275,11 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     contender = CONTENDERS[spec["contender"]]
     began = time.perf_counter()
     cpu_began = time.process_time()
-    if asyncio.iscoroutinefunction(contender):
+    if spec.get("runner") == "trio":
+        import anyio
+
+        result, requests, *extra = anyio.run(contender, spec, ids, backend="trio")
+    elif asyncio.iscoroutinefunction(contender):
         coroutine: Coroutine[Any, Any, tuple[Any, ...]] = contender(spec, ids)
         result, requests, *extra = asyncio.run(coroutine)
     else:
@@ -245,5 +300,21 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def main(argv: list[str]) -> None:
+    profile_to = argv[1] if argv[0] == "--profile" else None
+    spec = json.loads(argv[-1])
+    if not spec.get("cold"):
+        warm_imports()
+    if profile_to is not None:
+        import cProfile
+
+        profile = cProfile.Profile()
+        result = profile.runcall(measure, spec)
+        profile.dump_stats(profile_to)
+    else:
+        result = measure(spec)
+    print(json.dumps(result))
+
+
 if __name__ == "__main__":
-    print(json.dumps(measure(json.loads(sys.argv[1]))))
+    main(sys.argv[1:])

@@ -3,20 +3,28 @@
 Run from the repository root::
 
     python -m benchmarks.run                # the full run (several minutes)
-    python -m benchmarks.run --quick        # small sizes, under a minute (CI runs this)
+    python -m benchmarks.run --quick        # small sizes, about a minute (CI runs this)
     python -m benchmarks.run --only store   # one section (writes store.json, store.md)
+    python -m benchmarks.run --only backends --repeats 5   # best of 5 instead of 3
+    python -m benchmarks.run --replot docs/assets/performance.png benchmarks/results/*.json
 
 The fake server runs in its own process (``braincircuits-async fake-server``) so
 that client and server do not share one event loop; every measurement runs in a
 fresh client process (``benchmarks._worker``). Results go to a JSON file, a
-Markdown summary and, when matplotlib is installed, a PNG of the scaling curves.
+Markdown summary and, when matplotlib is installed, a PNG of the figures
+(``benchmarks._plot``).
 Times are reported as ratios to the ideal and to the other contenders measured
-in the same run, never judged against absolute numbers.
+in the same run, never judged against absolute numbers. Sections of issue 14:
+``backends`` (the client on each HTTP stack against raw aiohttp and httpx loops,
+``benchmarks._backends``) and ``stalls`` (the longest stretch a call blocks the
+caller's event loop, ``benchmarks._stalls``); ``python -m benchmarks._profile``
+profiles one contender.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import math
@@ -27,8 +35,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ._backends import backends_section, backends_summary
 from ._common import FULL, QUICK, Plan, ideal, log, measure, spec
+from ._plot import plot
 from ._server import fake_server
+from ._stalls import stalls_section, stalls_summary
 from ._store import store_section, store_summary
 
 RESULTS = Path(__file__).parent / "results"
@@ -157,15 +168,29 @@ def chunk_sizes(plan: Plan) -> list[dict[str, Any]]:
     return rows
 
 
-def machine() -> dict[str, Any]:
-    from importlib.metadata import version
+#: The versions a run records (None: not installed).
+PACKAGES = (
+    *("braincircuits-async", "httpx", "httpcore", "anyio"),
+    *("aiohttp", "httpx-aiohttp", "orjson", "trio"),
+)
 
+
+def installed(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def machine() -> dict[str, Any]:
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
-        **{name: version(name) for name in ("braincircuits-async", "httpx", "httpcore", "anyio")},
+        **{name: installed(name) for name in PACKAGES},
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
 
@@ -267,6 +292,8 @@ SECTIONS: dict[str, tuple[str, Callable[[Plan], Any], Callable[[Any], list[str]]
     "memory": ("memory", memory, memory_summary),
     "chunk_sizes": ("chunk sizes", chunk_sizes, chunk_sizes_summary),
     "store": ("result store", store_section, store_summary),
+    "backends": ("HTTP stacks", backends_section, backends_summary),
+    "stalls": ("the caller's event loop", stalls_section, stalls_summary),
 }
 
 
@@ -277,45 +304,6 @@ def summary(results: dict[str, Any]) -> str:
         if key in results:
             lines += summarize(results[key])
     return "\n".join(lines).rstrip("\n") + "\n"
-
-
-def plot(results: dict[str, Any], path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    if not {"scaling", "chunk_sizes"} <= results.keys():
-        return False
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    sizes = results["scaling"]["sizes"]
-    ax = axes[0]
-    ns = [r["n"] for r in sizes]
-    ax.loglog(ns, [r["client"]["wall"] for r in sizes], "o-", label="braincircuits-async")
-    ax.loglog(ns, [r["httpx-gather"]["wall"] for r in sizes], "s--", label="httpx + gather")
-    ax.loglog(ns, [r["ideal_s"] for r in sizes], "k:", label="ideal")
-    ax.set(xlabel="segments", ylabel="wall time (s)", title="Size (50 ms latency)")
-    ax.legend()
-    ax = axes[1]
-    conc = results["scaling"]["concurrency"]
-    cs = [r["concurrency"] for r in conc]
-    ax.loglog(cs, [r["client"]["wall"] for r in conc], "o-", label="braincircuits-async")
-    ax.loglog(cs, [r["httpx-gather"]["wall"] for r in conc], "s--", label="httpx + gather")
-    ax.loglog(cs, [r["ideal_s"] for r in conc], "k:", label="ideal")
-    ax.set(xlabel="max_concurrency", ylabel="wall time (s)", title="Concurrency")
-    ax.legend()
-    ax = axes[2]
-    rows = results["chunk_sizes"]
-    ks = [r["chunk_size"] for r in rows]
-    ax.semilogx(ks, [r["client"]["wall"] for r in rows], "o-", label="braincircuits-async")
-    ax.semilogx(ks, [r["ideal_s"] for r in rows], "k:", label="ideal")
-    ax.set(xlabel="chunk_size", ylabel="wall time (s)", title="Chunk size")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -332,8 +320,30 @@ def main(argv: list[str] | None = None) -> int:
         help=f"run only these sections ({', '.join(SECTIONS)}); the files are named "
         "after them (store.json, quick-store.json with --quick)",
     )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        metavar="N",
+        help="runs of each figure of the backends section (best of N; CPU-bound: of 2N-1) "
+        "and of the stalls section (median of N); default 3 (--quick: 1)",
+    )
+    parser.add_argument(
+        "--replot",
+        nargs="+",
+        type=Path,
+        metavar=("PNG", "JSON"),
+        help="measure nothing: draw PNG from the results in the JSON files (merged, later "
+        "files win), e.g. full.json and backends.json for docs/assets/performance.png",
+    )
     args = parser.parse_args(argv)
+    if args.replot is not None:
+        return replot(args.replot[0], args.replot[1:])
     plan = QUICK if args.quick else FULL
+    if args.repeats is not None:
+        if args.repeats < 1:
+            parser.error("--repeats must be at least 1")
+        plan = dataclasses.replace(plan, backend_repeats=args.repeats, stall_repeats=args.repeats)
     out = args.out or RESULTS
     out.mkdir(parents=True, exist_ok=True)
     chosen = [key for key in SECTIONS if args.only is None or key in args.only]
@@ -353,6 +363,18 @@ def main(argv: list[str] | None = None) -> int:
     log(f"wrote {out / f'{stem}.json'}, {out / f'{stem}.md'}" + (" and a plot" if plotted else ""))
     log(f"took {results['seconds']:.0f} s")
     print(summary(results))
+    return 0
+
+
+def replot(png: Path, sources: list[Path]) -> int:
+    """Draw ``png`` from saved results, e.g. a full run's and a later section's."""
+    results: dict[str, Any] = {}
+    for source in sources:
+        results.update(json.loads(source.read_text()))
+    if not plot(results, png):
+        log("nothing to plot (or matplotlib is missing)")
+        return 1
+    log(f"wrote {png}")
     return 0
 
 
