@@ -1,12 +1,12 @@
-"""Which HTTP stack carries the requests: httpx's own (httpcore), or aiohttp under httpx.
+"""Which HTTP stack carries the requests: httpx's own (httpcore), or aiohttp directly.
 
 On asyncio, aiohttp's connection handling costs less per request than
-httpcore's (see ``docs/performance.md``), and ``httpx-aiohttp`` (the adapter
-openai-python ships as its aiohttp option) puts it under httpx's interface, so
-the rest of the client does not change. ``http_backend="auto"`` uses it when it
-is installed (the ``fast`` extra) and the loop is asyncio; under trio (aiohttp
-is asyncio's) and with a proxy in play, httpx's own stack stays, since it handles
-every kind of proxy the environment may name.
+httpcore's, and going to aiohttp's own API, not through httpx's ``Request`` and
+``Response`` models (as the ``httpx-aiohttp`` adapter does), halves what is left
+(see ``docs/performance.md``). ``http_backend="auto"`` uses it when aiohttp is
+installed (the ``fast`` extra) and the loop is asyncio; under trio (aiohttp is
+asyncio's), with a proxy in play (httpx handles every kind the environment may
+name) and while a respx mock is active, httpx's own stack stays.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import importlib.util
 import ssl
 import sys
 import urllib.request
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 
@@ -26,7 +26,7 @@ __all__ = [
     "Backend",
     "HttpBackend",
     "aiohttp_installed",
-    "aiohttp_transport",
+    "aiohttp_session",
     "choose_backend",
     "env_proxy",
     "respx_is_mocking",
@@ -37,14 +37,12 @@ HTTP_BACKENDS: tuple[str, ...] = ("auto", "httpx", "aiohttp")
 #: What a client ends up sending through: a caller's own transport, or one of the two.
 Backend = Literal["transport", "httpx", "aiohttp"]
 
-AIOHTTP_NEEDS = (
-    "http_backend='aiohttp' needs httpx-aiohttp: pip install 'braincircuits-async[fast]'"
-)
+AIOHTTP_NEEDS = "http_backend='aiohttp' needs aiohttp: pip install 'braincircuits-async[fast]'"
 
 
 def aiohttp_installed() -> bool:
-    """Whether the aiohttp backend can be used (``httpx-aiohttp`` and ``aiohttp``)."""
-    return all(importlib.util.find_spec(name) is not None for name in ("httpx_aiohttp", "aiohttp"))
+    """Whether the aiohttp backend can be used (aiohttp is installed)."""
+    return importlib.util.find_spec("aiohttp") is not None
 
 
 def respx_is_mocking() -> bool:
@@ -113,12 +111,20 @@ def choose_backend(
     return "aiohttp" if on_asyncio and installed and proxy is None and not mocked else "httpx"
 
 
-def aiohttp_transport(
-    *, verify: ssl.SSLContext, limits: httpx.Limits, proxy: str | None
-) -> httpx.AsyncBaseTransport:
-    """An aiohttp-backed httpx transport (its session is made on first use, in the loop)."""
-    from httpx_aiohttp import AiohttpTransport
+def aiohttp_session(*, verify: ssl.SSLContext | bool, limit: int, timeout: float) -> Any:
+    """An aiohttp session for the direct aiohttp wire: make it in the running loop.
 
-    return AiohttpTransport(
-        verify=verify, limits=limits, proxy=None if proxy is None else httpx.Proxy(proxy)
+    No cookie jar (a server's cookies are never kept nor sent back), no proxies of
+    its own (the client passes the one it chose), ``timeout`` for connecting and
+    for each read, as httpx applies it to each network operation.
+    """
+    import aiohttp
+
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(
+            limit=limit, ssl=verify if isinstance(verify, ssl.SSLContext) else True
+        ),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout),
+        trust_env=False,
     )

@@ -158,13 +158,13 @@ class AsyncClient:
             ``NO_PROXY``) and ``SSL_CERT_FILE`` as httpx does (default True); a
             loopback ``base_url`` never goes through a proxy. A SOCKS proxy needs
             the ``socks`` extra.
-        http_backend: the HTTP stack under httpx: ``"auto"`` (the default) uses
-            aiohttp on asyncio when ``httpx-aiohttp`` is installed (the ``fast``
-            extra) and no proxy is in play, else httpx's own; ``"httpx"`` or
+        http_backend: the HTTP stack: ``"auto"`` (the default) uses aiohttp
+            directly on asyncio when it is installed (the ``fast`` extra) and no
+            proxy or respx mock is in play, else httpx's own; ``"httpx"`` or
             ``"aiohttp"`` force one (aiohttp runs on asyncio only). Every guarantee
-            (timeouts, the body cap, no redirects, no proxy for loopback, no token in
-            any text) holds on both; ``client.http_backend`` says which one a client
-            uses, from its first request on.
+            (timeouts, the body cap, no redirects, no cookies, no proxy for
+            loopback, no token in any text) holds on both; ``client.http_backend``
+            says which one a client uses, from its first request on.
     """
 
     def __init__(
@@ -306,7 +306,7 @@ class AsyncClient:
     def __del__(self) -> None:
         # As an unclosed file does: the connections (and a store) stay open until then.
         http = getattr(self, "_http", None)
-        if http is not None and http.clients and not http.is_closed:
+        if http is not None and http.built and not http.is_closed:
             warnings.warn(
                 f"unclosed {self!r}: close it with `await client.aclose()`, or use "
                 "`async with bca.AsyncClient(...) as client:`",

@@ -17,6 +17,7 @@ import re
 import ssl
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -26,7 +27,7 @@ from ._backends import (
     AIOHTTP_NEEDS,
     Backend,
     aiohttp_installed,
-    aiohttp_transport,
+    aiohttp_session,
     choose_backend,
     env_proxy,
     respx_is_mocking,
@@ -174,6 +175,11 @@ class ConnectionPools:
         #: What the requests go through, settled by :meth:`ready` on the first use.
         self.backend: Backend = "transport" if transport is not None else "httpx"
         self.clients: list[httpx.AsyncClient] = []
+        #: The aiohttp backend's session (its requests bypass httpx's models).
+        self.session: Any = None
+        #: The proxy the aiohttp backend sends through (None: none).
+        self.proxy = self._proxy
+        self._built = False
         self._slot_client: list[httpx.AsyncClient] = []
         self._free: list[int] = []
         self._building: anyio.Event | None = None
@@ -185,7 +191,7 @@ class ConnectionPools:
         Off the loop: a TLS context costs tens of milliseconds, and importing
         aiohttp a few hundred, which would stall the caller's other tasks.
         """
-        if self.clients:
+        if self._built:
             return
         if self._building is not None:  # another call of this client is building them
             await self._building.wait()
@@ -201,39 +207,48 @@ class ConnectionPools:
         self._building = building = anyio.Event()
         try:
             with anyio.CancelScope(shield=True):  # bounded work: finish it once started
-                await anyio.to_thread.run_sync(self._build, backend)
+                verify = await anyio.to_thread.run_sync(self._build, backend)
+                if backend == "aiohttp":
+                    # In the loop: an aiohttp session belongs to the loop it is made in.
+                    self.session = aiohttp_session(
+                        verify=verify,
+                        limit=self._config.max_concurrency,
+                        timeout=self._config.timeout,
+                    )
+                    self.backend = backend
+                self._built = True
         finally:
             self._building = None
             building.set()
 
-    def _build(self, backend: Backend) -> None:
-        """The clients and their slots: small httpcore pools, or one pool otherwise."""
+    def _build(self, backend: Backend) -> ssl.SSLContext | bool:
+        """The clients and their slots: small httpcore pools, or one pool otherwise.
+
+        For the aiohttp backend only the slots (its session is made in the loop)."""
         config, transport = self._config, self._transport
-        aiohttp = backend == "aiohttp"
         verify: ssl.SSLContext | bool = True
         if transport is None:
             # One TLS context for every pool: building one costs tens of milliseconds.
             verify = httpx.create_ssl_context(trust_env=config.trust_env)
         bound = config.max_concurrency
-        # aiohttp's pool, like a caller's transport, has no cost quadratic in its size.
-        one_pool = transport is not None or aiohttp
-        size = bound if one_pool else min(config.connections_per_pool, bound)
+        if backend == "aiohttp":
+            import aiohttp as _imported  # noqa: F401 - the import's cost, off the loop
+
+            self._free = list(range(bound - 1, -1, -1))
+            return verify
+        # A caller's transport has no cost quadratic in its pool's size.
+        size = bound if transport is not None else min(config.connections_per_pool, bound)
         count = -(-bound // size)
 
         def limits(i: int) -> httpx.Limits:
             n = min(size, bound - i * size)
             return httpx.Limits(max_connections=n, max_keepalive_connections=n)
 
-        def mount(i: int) -> httpx.AsyncBaseTransport | None:
-            if aiohttp and isinstance(verify, ssl.SSLContext):
-                return aiohttp_transport(verify=verify, limits=limits(i), proxy=self._proxy)
-            return transport
-
         try:
             clients = [
                 httpx.AsyncClient(
                     base_url=config.base_url,
-                    transport=mount(i),
+                    transport=transport,
                     limits=limits(i),
                     timeout=httpx.Timeout(config.timeout),
                     follow_redirects=False,
@@ -256,6 +271,7 @@ class ConnectionPools:
         self._free = list(range(bound - 1, -1, -1))
         self.backend = backend
         self.clients = clients
+        return verify
 
     @property
     def is_closed(self) -> bool:
@@ -271,8 +287,15 @@ class ConnectionPools:
     def give_back(self, slot: int) -> None:
         self._free.append(slot)
 
+    @property
+    def built(self) -> bool:
+        """Whether there are connections to close (the pools were built)."""
+        return self._built
+
     async def aclose(self) -> None:
         self._closed = True
+        if self.session is not None:
+            await self.session.close()
         for client in self.clients:
             await client.aclose()
 

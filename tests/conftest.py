@@ -49,6 +49,9 @@ ON_EVERY_HTTP_BACKEND = pytest.mark.parametrize(
 def connections_open(client: bca.AsyncClient) -> int:
     """Connections a client's pools hold, on either HTTP stack."""
     total = 0
+    session = client._wire.pools.session
+    if session is not None:  # the aiohttp backend: its session's connector
+        return 0 if session.closed else sum(map(len, session.connector._conns.values()))
     for http in client._wire.pools.clients:
         transport: Any = http._transport
         session = getattr(transport, "client", None)

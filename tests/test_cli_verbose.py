@@ -73,8 +73,7 @@ def test_vv_adds_a_line_per_request(
     err = fetch_with_faults(tmp_path, monkeypatch, capsys, "-vv")
     assert "retrying in " in err
     assert "splitting it" in err
-    assert "HTTP Request: POST http://127.0.0.1:" in err
-    assert '"HTTP/1.1 200 OK"' in err
+    # The client's own line per request (httpx writes one too, on httpx's stack only).
     assert "POST /circuit/segment/property/size size (project" in err
     assert " -> 503 in " in err
     assert " -> 200 in " in err

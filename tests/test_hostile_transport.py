@@ -335,9 +335,10 @@ async def test_httpx_and_httpcore_logs_show_no_echoed_header(
         ) as client:
             with pytest.raises(bca.APIStatusError):
                 await client.fetch_property("link_pre", [1], project=OPEN)
-    if http_backend == "httpx":  # aiohttp has no such DEBUG line
+    if http_backend == "httpx":  # aiohttp goes round httpx: neither line is written
         assert "receive_response_headers.complete" in caplog.text  # httpcore did log it ...
-    assert '"HTTP/1.1 302 Found"' in caplog.text  # httpx's INFO line, on both
+        assert '"HTTP/1.1 302 Found"' in caplog.text  # ... and httpx its INFO line
+    assert "-> 302 in" in caplog.text  # the client's own line, on both
     assert_no_piece(caplog.text)  # ... without the headers
 
 
@@ -373,3 +374,29 @@ async def test_a_servers_cookies_are_never_kept_nor_sent_back() -> None:
         assert all(len(http.cookies) == 0 for http in client._wire.pools.clients)  # none kept
     assert len(server.requests) == 3
     assert all("cookie" not in r.headers for r in server.requests)
+
+
+@ON_EVERY_HTTP_BACKEND
+async def test_no_stack_sends_a_servers_cookie_back(http_backend: str) -> None:
+    cookies_sent: list[bytes | None] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        cookies_sent.append(dict(scope["headers"]).get(b"cookie"))
+        body = b'{"materialized_timestamp": 1, "results": {}}'
+        headers = [(b"content-type", b"application/json"), (b"set-cookie", b"s=abc; Path=/")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    with testing.serve_in_thread(app) as url:
+        # A name, not an address: aiohttp's cookie jar ignores the cookies of addresses.
+        async with bca.AsyncClient(
+            token=AWKWARD,
+            base_url=url.replace("127.0.0.1", "localhost"),
+            chunk_size=1,
+            max_concurrency=1,
+            http_backend=http_backend,  # type: ignore[arg-type]
+        ) as client:
+            await client.fetch_property("link_pre", [1, 2, 3], project=OPEN)
+    assert cookies_sent == [None, None, None]
