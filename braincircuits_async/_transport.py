@@ -146,7 +146,7 @@ class ConnectionPools:
         hide_server_text_in_http_logs()
         self._config = config
         self._transport = transport
-        url = httpx.URL(config.base_url)
+        url = self._url = httpx.URL(config.base_url)
         self._loopback = is_loopback(url.host)
         self._proxy = env_proxy(url, trust_env=config.trust_env, loopback=self._loopback)
         # What cannot work is said now, not at the first request.
@@ -254,7 +254,7 @@ class ConnectionPools:
                     follow_redirects=False,
                     headers=self.headers,
                     verify=verify,
-                    trust_env=config.trust_env and not self._loopback,
+                    trust_env=uses_env_proxies(self._url.host, trust_env=config.trust_env),
                 )
                 for i in range(count)
             ]
