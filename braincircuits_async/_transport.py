@@ -148,14 +148,15 @@ class ConnectionPools:
         self._transport = transport
         url = self._url = httpx.URL(config.base_url)
         self._loopback = is_loopback(url.host)
-        self._proxy = env_proxy(url, trust_env=config.trust_env, loopback=self._loopback)
+        #: The environment's proxy for the base URL (None: none, or not used).
+        self.proxy = env_proxy(url, trust_env=config.trust_env, loopback=self._loopback)
         # What cannot work is said now, not at the first request.
         if config.http_backend == "aiohttp" and transport is None and not aiohttp_installed():
             raise MissingDependencyError(AIOHTTP_NEEDS)
         if (
             transport is None
-            and self._proxy is not None
-            and self._proxy.lower().startswith("socks")
+            and self.proxy is not None
+            and self.proxy.lower().startswith("socks")
             and importlib.util.find_spec("socksio") is None
         ):
             # The proxy's address is not quoted: it may carry a user name and password.
@@ -177,8 +178,6 @@ class ConnectionPools:
         self.clients: list[httpx.AsyncClient] = []
         #: The aiohttp backend's session (its requests bypass httpx's models).
         self.session: Any = None
-        #: The proxy the aiohttp backend sends through (None: none).
-        self.proxy = self._proxy
         self._built = False
         self._slot_client: list[httpx.AsyncClient] = []
         self._free: list[int] = []
@@ -201,7 +200,7 @@ class ConnectionPools:
             custom_transport=self._transport is not None,
             on_asyncio=on_asyncio,
             installed=aiohttp_installed(),
-            proxy=self._proxy,
+            proxy=self.proxy,
             mocked=respx_is_mocking(),
         )
         self._building = building = anyio.Event()
@@ -222,19 +221,16 @@ class ConnectionPools:
             building.set()
 
     def _build(self, backend: Backend) -> ssl.SSLContext | bool:
-        """The clients and their slots: small httpcore pools, or one pool otherwise.
-
-        For the aiohttp backend only the slots (its session is made in the loop)."""
+        """The clients and their slots: small httpcore pools, or one around a transport."""
         config, transport = self._config, self._transport
         verify: ssl.SSLContext | bool = True
         if transport is None:
             # One TLS context for every pool: building one costs tens of milliseconds.
             verify = httpx.create_ssl_context(trust_env=config.trust_env)
         bound = config.max_concurrency
-        if backend == "aiohttp":
+        if backend == "aiohttp":  # its session is made in the loop; it needs no slots
             import aiohttp as _imported  # noqa: F401 - the import's cost, off the loop
 
-            self._free = list(range(bound - 1, -1, -1))
             return verify
         # A caller's transport has no cost quadratic in its pool's size.
         size = bound if transport is not None else min(config.connections_per_pool, bound)

@@ -57,6 +57,9 @@ logger = logging.getLogger("braincircuits_async")
 
 #: Told the outcome of a request while the request still holds its slot (see `Wire.send`).
 Judge = Callable[[ChunkAnswer | BrainCircuitsError], None]
+#: What one exchange read: status, headers, the body's declared charset, the body
+#: (None: longer than the cap).
+Transfer = tuple[int, Mapping[str, str], str | None, bytes | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +86,8 @@ def _is_aiohttp(error: BaseException | None) -> bool:
 class LowerLayerErrors:
     """Catches the httpx (and socket, anyio) errors of one request, as ours.
 
-    Used as ``with errors: ...`` then ``errors.raise_caught()``: the error is
-    raised after the ``with`` block, not from inside the handler, so the httpx
+    Used as ``with errors: ...`` then ``errors.caught``: the error is built in the
+    handler but raised only after the ``with`` block (by ``Wire.send``), so the httpx
     error (which holds the request, whose headers carry the tokens) never rides
     along as ``__context__``. Anything else (cancellation, a bug) passes through.
     """
@@ -117,8 +120,9 @@ class LowerLayerErrors:
         The aiohttp backend's errors are aiohttp's own (a timeout is a
         ``TimeoutError``); through a caller's ``httpx-aiohttp`` transport they
         arrive as httpx's, except that it calls a dropped connection a
-        ``ConnectTimeout``: the aiohttp error it came from says which it was. Any text a lower layer
-        quotes (a malformed header, a status line) went through ``redact``.
+        ``ConnectTimeout``: the aiohttp error it came from says which it was.
+        Any text a lower layer quotes (a malformed header, a status line) goes
+        through ``redact``.
         """
         name = type(error).__name__
         cause = error.__cause__
@@ -144,10 +148,6 @@ class LowerLayerErrors:
                 f"{self.describe}: connection failed ({name}: {self.redact(str(error))})"
             )
         return None
-
-    def raise_caught(self) -> None:
-        if self.caught is not None:
-            raise self.caught
 
 
 class Wire:
@@ -248,13 +248,12 @@ class Wire:
         """
         keys = list(map(str, ids))
         content = ('{"segments":[' + ",".join(keys) + "]}").encode()
-        exchange = self._exchange if self.pools.session is None else self._exchange_aiohttp
         async with self.gate as sent_at:
             # The gate's fast path may not have passed a checkpoint: a call stopped
             # meanwhile must send nothing more.
             await anyio.lowlevel.checkpoint_if_cancelled()
             self.stats.requests += 1
-            outcome = await exchange(target, content, sent_at, ids, keys, start, describe)
+            outcome = await self._exchange(target, content, sent_at, ids, keys, start, describe)
             judge(outcome)
         # Raised here, where no local holds the answer's body: a traceback that shows
         # local variables (IPython, rich, Sentry) must not show what a server echoed.
@@ -272,80 +271,22 @@ class Wire:
         start: int,
         describe: str,
     ) -> ChunkAnswer | BrainCircuitsError:
-        """Send ``request`` on a free slot and read its answer, within ``request_timeout``.
+        """Send the chunk and read its answer, within ``request_timeout``.
 
         Returns the outcome rather than raising it, so the frame that holds the raw
         body is never part of a traceback.
         """
-        request = httpx.Request("POST", target.url, headers=target.headers, content=content)
-        request.stream = OneShotBody(content)
-        slot = self.pools.take()
-        errors = LowerLayerErrors(describe, self.timeout, target.redact)
-        try:
-            with anyio.move_on_after(self.request_timeout) as bound, errors:
-                response = await self.pools.client_for(slot).send(request, stream=True)
-                try:
-                    body = await read_capped(response, self.max_response_bytes)
-                finally:
-                    await response.aclose()
-        finally:
-            self.pools.give_back(slot)
-        if errors.caught is not None:
-            return errors.caught
-        if bound.cancelled_caught:
-            return self._too_slow(describe)
-        status, headers, encoding = response.status_code, response.headers, response.encoding
-        self._log(target, describe, status, sent_at)
-        return self._outcome(
-            target, status, headers, encoding, body, sent_at, ids, keys, start, describe
-        )
-
-    async def _exchange_aiohttp(
-        self,
-        target: Target,
-        content: bytes,
-        sent_at: float,
-        ids: Sequence[int],
-        keys: list[str],
-        start: int,
-        describe: str,
-    ) -> ChunkAnswer | BrainCircuitsError:
-        """:meth:`_exchange` on the aiohttp backend: aiohttp's own API, no httpx models.
-
-        httpx's ``Request``/``Response`` and the adapter between them cost about as
-        much again as aiohttp's own work per request. Every guarantee is kept here:
-        the per-operation ``timeout`` (the session's), ``request_timeout``, the body
-        cap, no redirects followed, the proxy chosen for the host (never for
-        loopback), no cookies, and lower-layer errors turned into ours, blanked.
-        """
+        transfer = self._transfer if self.pools.session is None else self._transfer_aiohttp
         errors = LowerLayerErrors(describe, self.timeout, target.redact)
         with anyio.move_on_after(self.request_timeout) as bound, errors:
-            async with self.pools.session.post(
-                str(target.url),
-                data=content,
-                headers=target.headers,
-                allow_redirects=False,
-                proxy=self.pools.proxy,
-            ) as response:
-                status, headers, encoding = response.status, response.headers, response.charset
-                body = await read_capped_aiohttp(response, self.max_response_bytes)
+            status, headers, encoding, body = await transfer(target, content)
         if errors.caught is not None:
             return errors.caught
         if bound.cancelled_caught:
-            return self._too_slow(describe)
-        self._log(target, describe, status, sent_at)
-        return self._outcome(
-            target, status, headers, encoding, body, sent_at, ids, keys, start, describe
-        )
-
-    def _too_slow(self, describe: str) -> APITimeoutError:
-        return APITimeoutError(
-            f"{describe}: no complete answer within request_timeout="
-            f"{self.request_timeout:g} s (the server sent too slowly)"
-        )
-
-    @staticmethod
-    def _log(target: Target, describe: str, status: int, sent_at: float) -> None:
+            return APITimeoutError(
+                f"{describe}: no complete answer within request_timeout="
+                f"{self.request_timeout:g} s (the server sent too slowly)"
+            )
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "POST %s %s -> %d in %.3fs",
@@ -354,6 +295,43 @@ class Wire:
                 status,
                 anyio.current_time() - sent_at,
             )
+        return self._outcome(
+            target, status, headers, encoding, body, sent_at, ids, keys, start, describe
+        )
+
+    async def _transfer(self, target: Target, content: bytes) -> Transfer:
+        """One exchange through httpx, on a free slot of the pools."""
+        request = httpx.Request("POST", target.url, headers=target.headers, content=content)
+        request.stream = OneShotBody(content)
+        slot = self.pools.take()
+        try:
+            response = await self.pools.client_for(slot).send(request, stream=True)
+            try:
+                body = await read_capped(response, self.max_response_bytes)
+            finally:
+                await response.aclose()
+        finally:
+            self.pools.give_back(slot)
+        return response.status_code, response.headers, response.encoding, body
+
+    async def _transfer_aiohttp(self, target: Target, content: bytes) -> Transfer:
+        """One exchange through aiohttp's own API, without httpx's models.
+
+        httpx's ``Request``/``Response`` and an adapter between them cost about as
+        much again as aiohttp's own work per request. The guarantees are the
+        same: the per-operation ``timeout`` (the session's), the body cap, no
+        redirects followed, the proxy chosen for the host (never for loopback), no
+        cookies (the session's jar keeps none).
+        """
+        async with self.pools.session.post(
+            str(target.url),
+            data=content,
+            headers=target.headers,
+            allow_redirects=False,
+            proxy=self.pools.proxy,
+        ) as response:
+            body = await read_capped_aiohttp(response, self.max_response_bytes)
+            return response.status, response.headers, response.charset, body
 
     def _outcome(
         self,

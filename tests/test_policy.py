@@ -615,10 +615,11 @@ def test_lower_layer_errors_become_ours_and_anything_else_passes(
 def test_a_caught_lower_layer_error_is_raised_after_the_block_without_context_or_cause() -> None:
     request = httpx.Request("POST", "https://x.test", headers={"Authorization": "Bearer tok-S"})
     errors = LowerLayerErrors("link_pre chunk 1/1", 5.0)
+    with errors:
+        raise httpx.ConnectError("refused", request=request)
     with pytest.raises(bca.APIConnectionError) as excinfo:
-        with errors:
-            raise httpx.ConnectError("refused", request=request)
-        errors.raise_caught()
+        assert errors.caught is not None
+        raise errors.caught  # as Wire.send raises it, outside the block
     assert excinfo.value is errors.caught
     assert excinfo.value.__context__ is None
     assert excinfo.value.__cause__ is None
