@@ -13,7 +13,7 @@ import gc
 import json
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 _fast_loads: Callable[[bytes], Any] | None
@@ -156,7 +156,29 @@ def loads(body: bytes) -> Any:
     return parse(body)[0]
 
 
-__all__ = ["MAX_DEPTH", "TooDeep", "keys_are_unique", "loads", "parse", "repeated_key"]
+def request_body(ids: Sequence[int]) -> tuple[bytes, list[str]]:
+    """The body of a request for ``ids`` (checked ints), and their decimal strings.
+
+    The strings are the keys the answer's ``results`` uses. orjson writes the ids
+    in C, and splitting its text costs two thirds of ``str`` on each id (500 ids:
+    30 us against 44).
+    """
+    if _fast_dumps is not None and ids:
+        listed = _fast_dumps(ids if isinstance(ids, list) else list(ids))
+        return b'{"segments":' + listed + b"}", listed[1:-1].decode().split(",")
+    keys = list(map(str, ids))
+    return ('{"segments":[' + ",".join(keys) + "]}").encode(), keys
+
+
+__all__ = [
+    "MAX_DEPTH",
+    "TooDeep",
+    "keys_are_unique",
+    "loads",
+    "parse",
+    "repeated_key",
+    "request_body",
+]
 
 
 _MATERIALIZED = b'"materialized_timestamp"'

@@ -37,6 +37,7 @@ from ._exceptions import (
     RateLimitError,
     excerpt,
 )
+from ._json import request_body
 from ._limits import RequestGate
 from ._merge import ChunkAnswer, parse_answer
 from ._retry import RETRYABLE_STATUS, parse_retry_after
@@ -246,8 +247,7 @@ class Wire:
         call (a refused token, a strict-mode disagreement) cancels the rest before
         another request can start.
         """
-        keys = list(map(str, ids))
-        content = ('{"segments":[' + ",".join(keys) + "]}").encode()
+        content, keys = request_body(ids)
         async with self.gate as sent_at:
             # The gate's fast path may not have passed a checkpoint: a call stopped
             # meanwhile must send nothing more.

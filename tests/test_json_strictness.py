@@ -453,3 +453,25 @@ def test_a_chunk_answers_repr_counts_its_values_instead_of_printing_them() -> No
     )
     assert "value-1" not in text
     assert "11" not in text
+
+
+# --- the request body -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ids", "body", "keys"),
+    [
+        ([7], b'{"segments":[7]}', ["7"]),
+        ([0, 2**64 - 1], b'{"segments":[0,18446744073709551615]}', ["0", "18446744073709551615"]),
+        (
+            (720575940634474894, 12),
+            b'{"segments":[720575940634474894,12]}',
+            ["720575940634474894", "12"],
+        ),
+        ([], b'{"segments":[]}', []),
+    ],
+)
+def test_the_request_body_and_its_keys_are_the_same_with_either_writer(
+    parser: str, ids: list[int], body: bytes, keys: list[str]
+) -> None:
+    assert _json.request_body(ids) == (body, keys)
