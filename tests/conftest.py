@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import anyio
@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 import braincircuits_async as bca
-from braincircuits_async import _retry
+from braincircuits_async import _retry, testing
 
 TOKEN = "bc-SECRET-token-7f3a9e"
 CAVE_TOKEN = "cave-SECRET-token-41d2c8"
@@ -184,3 +184,48 @@ def make_client() -> Callable[..., bca.AsyncClient]:
         return bca.AsyncClient(**settings)
 
     return build
+
+
+class _Routed:
+    """The app of the session's loopback server: hands each request to the current test's app."""
+
+    def __init__(self) -> None:
+        self.app: Any = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        app = self.app  # taken once: an answer still running when its test ends stays with it
+        if app is None:
+            raise RuntimeError("a request reached the shared loopback server between tests")
+        await app(scope, receive, send)
+
+
+@pytest.fixture(scope="session")
+def _loopback_server() -> Iterator[tuple[_Routed, str]]:
+    routed = _Routed()
+    with testing.serve_in_thread(routed) as url:
+        yield routed, url
+
+
+ServeOnLoopback = Callable[[Any], str]
+
+
+@pytest.fixture
+def serve_on_loopback(_loopback_server: tuple[_Routed, str]) -> Iterator[ServeOnLoopback]:
+    """Serve an ASGI app on a real loopback port for this test: ``url = serve_on_loopback(app)``.
+
+    One uvicorn server (127.0.0.1, in a thread, as :func:`testing.serve_in_thread`
+    runs it) serves the whole session, and each test hands it its own app, so tests
+    share the socket and nothing else. A server per test cost ~0.2 s to stop: uvicorn
+    looks at its exit flag every 0.1 s and then waits 0.1 s for its connections.
+    Tests of starting and stopping a server use ``serve_in_thread`` itself.
+    """
+    routed, url = _loopback_server
+
+    def serve(app: Any) -> str:
+        routed.app = app
+        return url
+
+    try:
+        yield serve
+    finally:
+        routed.app = None

@@ -26,7 +26,14 @@ import braincircuits_async as bca
 from braincircuits_async import _cli, testing
 from braincircuits_async._transport import HideResponseHeaders
 
-from .conftest import CAVE_TOKEN, ON_EVERY_HTTP_BACKEND, PROJECT, TOKEN, ScriptedServer
+from .conftest import (
+    CAVE_TOKEN,
+    ON_EVERY_HTTP_BACKEND,
+    PROJECT,
+    TOKEN,
+    ScriptedServer,
+    ServeOnLoopback,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -63,7 +70,7 @@ def everything_a_traceback_shows(error: BaseException) -> str:
 def raw_server(handle: Callable[[socket.socket, bytes], None]) -> Iterator[tuple[str, list[bytes]]]:
     """Serve ``handle(connection, first_bytes)`` per connection; yield (url, what each sent)."""
     listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(0.1)
+    address = listener.getsockname()
     seen: list[bytes] = []
     stop = threading.Event()
 
@@ -78,21 +85,23 @@ def raw_server(handle: Callable[[socket.socket, bytes], None]) -> Iterator[tuple
                 pass  # the client went away: what a trickling server expects
 
     def serve() -> None:
-        while not stop.is_set():
+        while True:
             try:
                 connection, _ = listener.accept()
-            except TimeoutError:
-                continue
             except OSError:
+                return
+            if stop.is_set():  # the connection that wakes us up to stop
+                connection.close()
                 return
             threading.Thread(target=one, args=(connection,), daemon=True).start()
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}", seen
+        yield f"http://127.0.0.1:{address[1]}", seen
     finally:
         stop.set()
+        socket.create_connection(address).close()  # wake accept() at once, not by polling
         thread.join()
         listener.close()
 
@@ -123,6 +132,7 @@ SLOW_BODY = (
 
 @ON_EVERY_HTTP_BACKEND
 @pytest.mark.parametrize("answer", [SLOW_HEADERS, SLOW_BODY], ids=["headers", "body"])
+@pytest.mark.usefixtures("sleeps")  # the wait before the retry takes no time
 async def test_a_server_that_trickles_its_answer_hits_request_timeout(
     answer: bytes, http_backend: str
 ) -> None:
@@ -132,13 +142,13 @@ async def test_a_server_that_trickles_its_answer_hits_request_timeout(
             token="t",
             base_url=url,
             timeout=2,
-            request_timeout=0.3,
+            request_timeout=0.15,
             max_retries=1,
             http_backend=http_backend,  # type: ignore[arg-type]
         )
         async with client:
             with anyio.fail_after(10):  # without the bound: ~40 s
-                with pytest.raises(bca.APITimeoutError, match=r"request_timeout=0\.3 s"):
+                with pytest.raises(bca.APITimeoutError, match=r"request_timeout=0\.15 s"):
                     await client.fetch_property("link_pre", [1], project=OPEN)
     assert len(seen) == 2  # the first try and its retry, each cut off
 
@@ -190,12 +200,13 @@ def test_the_cli_bounds_each_request_and_the_whole_fetch(
 @ON_EVERY_HTTP_BACKEND
 @pytest.mark.parametrize("variable", ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"])
 async def test_a_loopback_server_is_never_reached_through_a_proxy(
-    monkeypatch: pytest.MonkeyPatch, variable: str, http_backend: str
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    http_backend: str,
+    serve_on_loopback: ServeOnLoopback,
 ) -> None:
-    with (
-        raw_server(answer_502) as (proxy, seen),
-        testing.serve_in_thread(testing.FakeBrainCircuits()) as url,
-    ):
+    url = serve_on_loopback(testing.FakeBrainCircuits())
+    with raw_server(answer_502) as (proxy, seen):
         monkeypatch.setenv(variable, proxy)
         async with bca.AsyncClient(
             token=testing.DEFAULT_TOKEN,
@@ -316,7 +327,7 @@ async def test_no_frame_a_traceback_shows_holds_an_echoed_token(
 
 @ON_EVERY_HTTP_BACKEND
 async def test_httpx_and_httpcore_logs_show_no_echoed_header(
-    caplog: pytest.LogCaptureFixture, http_backend: str
+    caplog: pytest.LogCaptureFixture, http_backend: str, serve_on_loopback: ServeOnLoopback
 ) -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -327,7 +338,8 @@ async def test_httpx_and_httpcore_logs_show_no_echoed_header(
             (b"location", b"https://x.test/?t=" + token), (b"x-echo", token)]})  # fmt: skip
         await send({"type": "http.response.body", "body": b""})
 
-    with testing.serve_in_thread(app) as url, caplog.at_level(logging.DEBUG):
+    url = serve_on_loopback(app)
+    with caplog.at_level(logging.DEBUG):
         async with bca.AsyncClient(
             token=AWKWARD,
             base_url=url,
@@ -377,7 +389,9 @@ async def test_a_servers_cookies_are_never_kept_nor_sent_back() -> None:
 
 
 @ON_EVERY_HTTP_BACKEND
-async def test_no_stack_sends_a_servers_cookie_back(http_backend: str) -> None:
+async def test_no_stack_sends_a_servers_cookie_back(
+    http_backend: str, serve_on_loopback: ServeOnLoopback
+) -> None:
     cookies_sent: list[bytes | None] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -389,14 +403,14 @@ async def test_no_stack_sends_a_servers_cookie_back(http_backend: str) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    with testing.serve_in_thread(app) as url:
-        # A name, not an address: aiohttp's cookie jar ignores the cookies of addresses.
-        async with bca.AsyncClient(
-            token=AWKWARD,
-            base_url=url.replace("127.0.0.1", "localhost"),
-            chunk_size=1,
-            max_concurrency=1,
-            http_backend=http_backend,  # type: ignore[arg-type]
-        ) as client:
-            await client.fetch_property("link_pre", [1, 2, 3], project=OPEN)
+    url = serve_on_loopback(app)
+    # A name, not an address: aiohttp's cookie jar ignores the cookies of addresses.
+    async with bca.AsyncClient(
+        token=AWKWARD,
+        base_url=url.replace("127.0.0.1", "localhost"),
+        chunk_size=1,
+        max_concurrency=1,
+        http_backend=http_backend,  # type: ignore[arg-type]
+    ) as client:
+        await client.fetch_property("link_pre", [1, 2, 3], project=OPEN)
     assert cookies_sent == [None, None, None]

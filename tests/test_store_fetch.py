@@ -6,11 +6,10 @@ port (the real HTTP stack), with a real SQLite file.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,9 @@ import pytest
 
 import braincircuits_async as bca
 from braincircuits_async import _store
-from braincircuits_async.testing import FakeBrainCircuits, serve_in_thread
+from braincircuits_async.testing import FakeBrainCircuits
+
+from .conftest import ServeOnLoopback
 
 pytestmark = pytest.mark.anyio
 
@@ -57,10 +58,9 @@ class TokenExpires:
 class Server:
     """The fake, reached in-process or over loopback; ``client`` builds clients for it."""
 
-    def __init__(self, fake: FakeBrainCircuits, how: str, stack: contextlib.ExitStack) -> None:
+    def __init__(self, fake: FakeBrainCircuits, how: str) -> None:
         self.fake = fake
         self.how = how
-        self._stack = stack
         self.app: Any = fake
 
     def expire_after(self, answers: int) -> TokenExpires:
@@ -92,12 +92,9 @@ class Server:
     async def _route(self, scope: Scope, receive: Any, send: Any) -> None:
         await self.app(scope, receive, send)
 
-    def serve(self) -> None:
-        # One loopback server for the test; it routes to whatever `app` is now.
-        async def route(scope: Scope, receive: Any, send: Any) -> None:
-            await self.app(scope, receive, send)
-
-        self._url = self._stack.enter_context(serve_in_thread(route))
+    def serve(self, serve_on_loopback: ServeOnLoopback) -> None:
+        # The loopback server routes to whatever `app` is now.
+        self._url = serve_on_loopback(self._route)
 
     def segments_requested(self) -> int:
         return sum(r.n_segments for r in self.fake.log.records)
@@ -108,12 +105,11 @@ class Server:
 
 
 @pytest.fixture(params=["in-process", "loopback"])
-def server(request: pytest.FixtureRequest) -> Iterator[Server]:
-    with contextlib.ExitStack() as stack:
-        made = Server(FakeBrainCircuits(), request.param, stack)
-        if request.param == "loopback":
-            made.serve()
-        yield made
+def server(request: pytest.FixtureRequest, serve_on_loopback: ServeOnLoopback) -> Server:
+    made = Server(FakeBrainCircuits(), request.param)
+    if request.param == "loopback":
+        made.serve(serve_on_loopback)
+    return made
 
 
 @pytest.fixture
@@ -390,24 +386,26 @@ async def test_a_client_closes_the_store_it_opened_but_not_one_it_was_given(
         assert not given.closed
 
 
-def test_the_blocking_fetch_takes_a_store(store_path: Path) -> None:
+def test_the_blocking_fetch_takes_a_store(
+    store_path: Path, serve_on_loopback: ServeOnLoopback
+) -> None:
     fake = FakeBrainCircuits()
-    with serve_in_thread(fake) as url:
+    url = serve_on_loopback(fake)
 
-        def fetch() -> bca.SegmentPropertyResult:
-            return bca.fetch_property(
-                "link_pre",
-                IDS[:300],
-                project=PROJECT,
-                token=fake.token,
-                cave_token=fake.cave_token,
-                base_url=url,
-                store=store_path,
-            )
+    def fetch() -> bca.SegmentPropertyResult:
+        return bca.fetch_property(
+            "link_pre",
+            IDS[:300],
+            project=PROJECT,
+            token=fake.token,
+            cave_token=fake.cave_token,
+            base_url=url,
+            store=store_path,
+        )
 
-        first = fetch()
-        fake.log.reset()
-        assert fetch() == first
+    first = fetch()
+    fake.log.reset()
+    assert fetch() == first
     assert fake.log.requests == 1
 
 
