@@ -5,7 +5,6 @@ from __future__ import annotations
 import _thread
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,8 @@ import pytest
 
 import braincircuits_async as bca
 from braincircuits_async import testing
+
+from .conftest import ServeOnLoopback
 
 PROJECT = "fruitfly_fafb_flywire"
 IDS = [720575940600000000 + 7 * i for i in range(2000)]
@@ -25,9 +26,8 @@ def fake() -> testing.FakeBrainCircuits:
 
 
 @pytest.fixture
-def url(fake: testing.FakeBrainCircuits) -> Iterator[str]:
-    with testing.serve_in_thread(fake) as base_url:
-        yield base_url
+def url(fake: testing.FakeBrainCircuits, serve_on_loopback: ServeOnLoopback) -> str:
+    return serve_on_loopback(fake)
 
 
 def options(url: str, **more: Any) -> dict[str, Any]:

@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,8 @@ import pytest
 
 import braincircuits_async as bca
 from braincircuits_async import _cli, _cli_fetch, _export, testing
+
+from .conftest import ServeOnLoopback
 
 PROJECT = "fruitfly_fafb_flywire"
 IDS = [720575940600000000 + 7919 * i for i in range(300)]
@@ -24,10 +25,9 @@ def fake() -> testing.FakeBrainCircuits:
     return testing.FakeBrainCircuits()
 
 
-@pytest.fixture(scope="module")
-def server(fake: testing.FakeBrainCircuits) -> Iterator[str]:
-    with testing.serve_in_thread(fake) as url:
-        yield url
+@pytest.fixture
+def server(fake: testing.FakeBrainCircuits, serve_on_loopback: ServeOnLoopback) -> str:
+    return serve_on_loopback(fake)  # the module's fake, on the session's loopback server
 
 
 @pytest.fixture
@@ -181,18 +181,21 @@ class RollOverOnce:
 
 
 def test_several_properties_come_from_one_materialization(
-    tmp_path: Path, ids_file: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    ids_file: Path,
+    capsys: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    serve_on_loopback: ServeOnLoopback,
 ) -> None:
     # The first answer is from the old materialization: the client fetches it again,
     # so every value of every property in the table is from the new one.
     fake = testing.FakeBrainCircuits()
     old = fake.materialized_timestamp
     out = tmp_path / "both.jsonl"
-    with testing.serve_in_thread(RollOverOnce(fake)) as url:
-        monkeypatch.setenv("BRAINCIRCUITS_URL", url)
-        code, _, err = run(capsys, "size", "link_pre", "--project", PROJECT, "--ids",
-                           str(ids_file), "--chunk-size", "100", "--concurrency", "1",
-                           "-o", str(out))  # fmt: skip
+    monkeypatch.setenv("BRAINCIRCUITS_URL", serve_on_loopback(RollOverOnce(fake)))
+    code, _, err = run(capsys, "size", "link_pre", "--project", PROJECT, "--ids",
+                       str(ids_file), "--chunk-size", "100", "--concurrency", "1",
+                       "-o", str(out))  # fmt: skip
     assert code == 0, err
     newest = fake.materialized_timestamp
     assert newest != old

@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from braincircuits_async import _cli, _cli_ids, testing
+
+from .conftest import ServeOnLoopback
 
 PROJECT = "fruitfly_fafb_flywire"
 A, B, C = 720575940600000000, 720575940600007919, 720575940600015838
@@ -99,10 +100,9 @@ def fake() -> testing.FakeBrainCircuits:
     return testing.FakeBrainCircuits()
 
 
-@pytest.fixture(scope="module")
-def server(fake: testing.FakeBrainCircuits) -> Iterator[str]:
-    with testing.serve_in_thread(fake) as url:
-        yield url
+@pytest.fixture
+def server(fake: testing.FakeBrainCircuits, serve_on_loopback: ServeOnLoopback) -> str:
+    return serve_on_loopback(fake)  # the module's fake, on the session's loopback server
 
 
 @pytest.fixture

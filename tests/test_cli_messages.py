@@ -13,6 +13,8 @@ import pytest
 from braincircuits_async import _cli, testing
 from braincircuits_async._cli_messages import cli_message
 
+from .conftest import ServeOnLoopback
+
 PROJECT = "fruitfly_fafb_flywire"
 IDS = [720575940600000000 + 7919 * i for i in range(200)]
 
@@ -185,21 +187,23 @@ def test_a_real_error_reaches_the_cli_user_in_the_clis_words(
     ids_file: Path,
     capsys: Any,
     monkeypatch: pytest.MonkeyPatch,
+    serve_on_loopback: ServeOnLoopback,
 ) -> None:
     settings = dict(settings)
     rollover = settings.pop("rollover", False)
     fake = testing.FakeBrainCircuits(**settings)
-    with testing.serve_in_thread(RollOverAlways(fake) if rollover else fake) as url:
-        monkeypatch.setenv("BRAINCIRCUITS_URL", url)
-        for name, value in environ.items():
-            if value is None:
-                monkeypatch.delenv(name)
-            else:
-                monkeypatch.setenv(name, value)
-        code = _cli.main(
-            ["fetch", "size", "--project", PROJECT, "--ids", str(ids_file), *extra, "-o",
-             str(ids_file.with_name("out.jsonl"))]
-        )  # fmt: skip
+    monkeypatch.setenv(
+        "BRAINCIRCUITS_URL", serve_on_loopback(RollOverAlways(fake) if rollover else fake)
+    )
+    for name, value in environ.items():
+        if value is None:
+            monkeypatch.delenv(name)
+        else:
+            monkeypatch.setenv(name, value)
+    code = _cli.main(
+        ["fetch", "size", "--project", PROJECT, "--ids", str(ids_file), *extra, "-o",
+         str(ids_file.with_name("out.jsonl"))]
+    )  # fmt: skip
     err = capsys.readouterr().err
     assert code == status, err
     assert wording in err

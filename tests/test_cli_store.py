@@ -25,6 +25,8 @@ import pytest
 import braincircuits_async as bca
 from braincircuits_async import _cli, _cli_fetch, _cli_ids, _export, testing
 
+from .conftest import ServeOnLoopback
+
 PROJECT = "fruitfly_fafb_flywire"
 IDS = [720575940600000000 + 7919 * i for i in range(1200)]
 CHUNK = 40
@@ -85,17 +87,17 @@ class Gate:
 
 
 @pytest.fixture(scope="module")
-def served() -> Iterator[tuple[Gate, str]]:
-    gate = Gate(testing.FakeBrainCircuits())
-    with testing.serve_in_thread(gate) as url:
-        yield gate, url
+def module_gate() -> Gate:
+    return Gate(testing.FakeBrainCircuits())
 
 
 @pytest.fixture
-def gate(served: tuple[Gate, str], monkeypatch: pytest.MonkeyPatch) -> Gate:
+def gate(
+    module_gate: Gate, serve_on_loopback: ServeOnLoopback, monkeypatch: pytest.MonkeyPatch
+) -> Gate:
     """The module's gate, open, before a fake that starts over: log empty, first
-    materialization; the environment points the CLI at it."""
-    gate, url = served
+    materialization; the environment points the CLI at it (on the session's loopback server)."""
+    gate, url = module_gate, serve_on_loopback(module_gate)
     gate.refuse_after = None
     gate.failing = frozenset()
     gate.requested.clear()
@@ -172,7 +174,12 @@ def wait_until(condition: Callable[[], bool], process: subprocess.Popen[str] | N
     ids=["SIGINT", "SIGTERM", "SIGKILL"],
 )
 def test_a_stopped_fetch_run_again_fetches_only_what_the_store_lacks(
-    stop: signal.Signals, status: int, note: str | None, ids_file: Path, tmp_path: Path
+    stop: signal.Signals,
+    status: int,
+    note: str | None,
+    ids_file: Path,
+    tmp_path: Path,
+    serve_on_loopback: ServeOnLoopback,
 ) -> None:
     fake = testing.FakeBrainCircuits(latency=0.03)
     store, out = tmp_path / "flywire.sqlite", tmp_path / "link_pre.jsonl"
@@ -181,7 +188,8 @@ def test_a_stopped_fetch_run_again_fetches_only_what_the_store_lacks(
         "--ids", str(ids_file), "--store", str(store), "-o", str(out),
         "--chunk-size", str(CHUNK), "--concurrency", "2",
     ]  # fmt: skip
-    with testing.serve_in_thread(fake) as url, interruptible_children():
+    url = serve_on_loopback(fake)
+    with interruptible_children():
         env = {
             **os.environ,
             "BRAINCIRCUITS_URL": url,
@@ -643,17 +651,20 @@ def test_export_and_fetch_help_name_the_new_options(capsys: Any) -> None:
 
 
 def test_values_that_disagree_on_the_materialization_are_not_written(
-    tmp_path: Path, ids_file: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    ids_file: Path,
+    capsys: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    serve_on_loopback: ServeOnLoopback,
 ) -> None:
     # Every answer moves the materialization on: the re-fetch rounds cannot reconcile.
     fake = testing.FakeBrainCircuits(rollover_after=1)
     out = tmp_path / "out.jsonl"
     monkeypatch.setenv("BRAINCIRCUITS_TOKEN", testing.DEFAULT_TOKEN)
     monkeypatch.setenv("BRAINCIRCUITS_CAVE_TOKEN", testing.DEFAULT_CAVE_TOKEN)
-    with testing.serve_in_thread(fake) as url:
-        monkeypatch.setenv("BRAINCIRCUITS_URL", url)
-        code, _, err = run(capsys, "fetch", "size", "--project", PROJECT, "--ids",
-                           str(ids_file), "-o", str(out))  # fmt: skip
+    monkeypatch.setenv("BRAINCIRCUITS_URL", serve_on_loopback(fake))
+    code, _, err = run(capsys, "fetch", "size", "--project", PROJECT, "--ids",
+                       str(ids_file), "-o", str(out))  # fmt: skip
     assert code == 1
     assert "InconsistentMaterializationError" in err
     assert "was not written: the values fetched disagree" in err

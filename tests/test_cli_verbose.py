@@ -12,6 +12,8 @@ import pytest
 from braincircuits_async import _cli, testing
 from braincircuits_async._cli_messages import log_levels
 
+from .conftest import ServeOnLoopback
+
 PROJECT = "fruitfly_fafb_flywire"
 IDS = [720575940600000000 + 7919 * i for i in range(200)]
 
@@ -30,7 +32,11 @@ def test_log_levels_for_each_v(verbosity: int, ours: int, httpx: int) -> None:
 
 
 def fetch_with_faults(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any, *flags: str
+    serve: ServeOnLoopback,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: Any,
+    *flags: str,
 ) -> str:
     """stderr of a fetch from a fake that answers 503 half the time and 413 to chunks
     over 60 ids (the client retries the first, splits the second)."""
@@ -39,11 +45,10 @@ def fetch_with_faults(
     ids.write_text("".join(f"{i}\n" for i in IDS))
     monkeypatch.setenv("BRAINCIRCUITS_TOKEN", testing.DEFAULT_TOKEN)
     monkeypatch.setenv("BRAINCIRCUITS_CAVE_TOKEN", testing.DEFAULT_CAVE_TOKEN)
-    with testing.serve_in_thread(fake) as url:
-        monkeypatch.setenv("BRAINCIRCUITS_URL", url)
-        out = str(tmp_path / "out.jsonl")
-        code = _cli.main(["fetch", "size", "--project", PROJECT, "--ids", str(ids),
-                          "--chunk-size", "100", "-o", out, *flags])  # fmt: skip
+    monkeypatch.setenv("BRAINCIRCUITS_URL", serve(fake))
+    out = str(tmp_path / "out.jsonl")
+    code = _cli.main(["fetch", "size", "--project", PROJECT, "--ids", str(ids),
+                      "--chunk-size", "100", "-o", out, *flags])  # fmt: skip
     err: str = capsys.readouterr().err
     assert code == 0, err
     assert fake.log.faults.get("503", 0) > 0
@@ -52,9 +57,12 @@ def fetch_with_faults(
 
 @pytest.mark.usefixtures("sleeps")
 def test_v_shows_retries_with_their_backoff_and_splits_but_not_each_request(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: Any,
+    serve_on_loopback: ServeOnLoopback,
 ) -> None:
-    err = fetch_with_faults(tmp_path, monkeypatch, capsys, "-v")
+    err = fetch_with_faults(serve_on_loopback, tmp_path, monkeypatch, capsys, "-v")
     assert "retrying in " in err
     assert "(retry 1 of 5) after:" in err
     assert "503" in err
@@ -68,9 +76,12 @@ def test_v_shows_retries_with_their_backoff_and_splits_but_not_each_request(
 
 @pytest.mark.usefixtures("sleeps")
 def test_vv_adds_a_line_per_request(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: Any,
+    serve_on_loopback: ServeOnLoopback,
 ) -> None:
-    err = fetch_with_faults(tmp_path, monkeypatch, capsys, "-vv")
+    err = fetch_with_faults(serve_on_loopback, tmp_path, monkeypatch, capsys, "-vv")
     assert "retrying in " in err
     assert "splitting it" in err
     # The client's own line per request (httpx writes one too, on httpx's stack only).
@@ -82,9 +93,12 @@ def test_vv_adds_a_line_per_request(
 
 @pytest.mark.usefixtures("sleeps")
 def test_without_v_only_the_summary(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: Any,
+    serve_on_loopback: ServeOnLoopback,
 ) -> None:
-    err = fetch_with_faults(tmp_path, monkeypatch, capsys)
+    err = fetch_with_faults(serve_on_loopback, tmp_path, monkeypatch, capsys)
     assert "retrying in " not in err
     assert "splitting it" not in err
     assert "HTTP Request:" not in err
@@ -94,13 +108,16 @@ def test_without_v_only_the_summary(
 
 @pytest.mark.usefixtures("sleeps")
 def test_the_loggers_are_left_as_they_were(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: Any,
+    serve_on_loopback: ServeOnLoopback,
 ) -> None:
     ours, httpx = logging.getLogger("braincircuits_async"), logging.getLogger("httpx")
     before = (ours.level, list(ours.handlers), httpx.level, list(httpx.handlers))
-    fetch_with_faults(tmp_path, monkeypatch, capsys, "-vv")
+    fetch_with_faults(serve_on_loopback, tmp_path, monkeypatch, capsys, "-vv")
     assert (ours.level, list(ours.handlers), httpx.level, list(httpx.handlers)) == before
     # So a second run in the same process prints each line once, not twice.
-    err = fetch_with_faults(tmp_path, monkeypatch, capsys, "-v", "--force")
+    err = fetch_with_faults(serve_on_loopback, tmp_path, monkeypatch, capsys, "-v", "--force")
     lines = [line for line in err.splitlines() if line.startswith("retrying in")]
     assert len(lines) == len(set(lines))

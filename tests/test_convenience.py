@@ -11,20 +11,21 @@ import braincircuits_async as bca
 from braincircuits_async import testing
 from braincircuits_async._config import cave_token_from_files
 
-from .conftest import ScriptedServer
+from .conftest import ScriptedServer, ServeOnLoopback
 
 
-def test_blocking_fetch_property_runs_the_async_client() -> None:
+def test_blocking_fetch_property_runs_the_async_client(
+    serve_on_loopback: ServeOnLoopback,
+) -> None:
     fake = testing.FakeBrainCircuits()
-    with testing.serve_in_thread(fake) as url:
-        result = bca.fetch_property(
-            "link_pre",
-            [720575940634474894, 720575940630280234],
-            project="fruitfly_fafb_flywire",
-            token=testing.DEFAULT_TOKEN,
-            cave_token=testing.DEFAULT_CAVE_TOKEN,
-            base_url=url,
-        )
+    result = bca.fetch_property(
+        "link_pre",
+        [720575940634474894, 720575940630280234],
+        project="fruitfly_fafb_flywire",
+        token=testing.DEFAULT_TOKEN,
+        cave_token=testing.DEFAULT_CAVE_TOKEN,
+        base_url=serve_on_loopback(fake),
+    )
     assert result[720575940634474894] == fake.expected("link_pre", 720575940634474894)
 
 

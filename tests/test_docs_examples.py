@@ -12,12 +12,13 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from braincircuits_async import testing
+
+from .conftest import ServeOnLoopback
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"(<!-- (?:skip|notebook[^>]*) -->\s*\n)?```python\n(.*?)```", re.S)
@@ -41,9 +42,13 @@ EXAMPLES = [example for example in ALL if example not in TEST_MODULES]
 
 
 @pytest.fixture(scope="module")
-def fake_url() -> Iterator[str]:
-    with testing.serve_in_thread(testing.FakeBrainCircuits()) as url:
-        yield url
+def fake() -> testing.FakeBrainCircuits:
+    return testing.FakeBrainCircuits()
+
+
+@pytest.fixture
+def fake_url(fake: testing.FakeBrainCircuits, serve_on_loopback: ServeOnLoopback) -> str:
+    return serve_on_loopback(fake)  # the module's fake, on the session's loopback server
 
 
 @pytest.fixture

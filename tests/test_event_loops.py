@@ -11,7 +11,7 @@ import pytest
 import braincircuits_async as bca
 from braincircuits_async import testing
 
-from .conftest import PROJECT, connections_open
+from .conftest import PROJECT, ServeOnLoopback, connections_open
 
 IDS = [720575940600000000 + i for i in range(40)]
 
@@ -27,7 +27,9 @@ def client_for(url: str) -> bca.AsyncClient:
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_a_second_event_loop_gets_a_clear_error_and_the_first_still_closes(backend: str) -> None:
+def test_a_second_event_loop_gets_a_clear_error_and_the_first_still_closes(
+    backend: str, serve_on_loopback: ServeOnLoopback
+) -> None:
     refused: list[BaseException] = []
 
     def from_another_loop(client: bca.AsyncClient) -> None:
@@ -58,23 +60,23 @@ def test_a_second_event_loop_gets_a_clear_error_and_the_first_still_closes(backe
             assert len(await client.fetch_property("link_pre", IDS)) > 0
         assert connections_open(client) == 0
 
-    with testing.serve_in_thread(testing.FakeBrainCircuits()) as url:
-        anyio.run(main, url, backend=backend)
+    anyio.run(main, serve_on_loopback(testing.FakeBrainCircuits()), backend=backend)
     assert len(refused) == 4
     for error in refused:
         assert isinstance(error, bca.BrainCircuitsError)
         assert "another event loop" in str(error)
 
 
-def test_a_second_asyncio_run_with_one_client_is_refused_clearly() -> None:
-    with testing.serve_in_thread(testing.FakeBrainCircuits()) as url:
-        client = client_for(url)
-        first = asyncio.new_event_loop()
-        try:
-            first.run_until_complete(client.fetch_property("link_pre", IDS))
-            with pytest.raises(bca.UsageError, match=r"asyncio\.run"):
-                asyncio.run(client.fetch_property("link_pre", IDS))
-            first.run_until_complete(client.aclose())
-            assert connections_open(client) == 0
-        finally:
-            first.close()
+def test_a_second_asyncio_run_with_one_client_is_refused_clearly(
+    serve_on_loopback: ServeOnLoopback,
+) -> None:
+    client = client_for(serve_on_loopback(testing.FakeBrainCircuits()))
+    first = asyncio.new_event_loop()
+    try:
+        first.run_until_complete(client.fetch_property("link_pre", IDS))
+        with pytest.raises(bca.UsageError, match=r"asyncio\.run"):
+            asyncio.run(client.fetch_property("link_pre", IDS))
+        first.run_until_complete(client.aclose())
+        assert connections_open(client) == 0
+    finally:
+        first.close()

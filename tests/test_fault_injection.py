@@ -30,10 +30,9 @@ from braincircuits_async.testing import (
     DEFAULT_TOKEN,
     FAULT_KINDS,
     FakeBrainCircuits,
-    serve_in_thread,
 )
 
-from .conftest import ON_EVERY_HTTP_BACKEND
+from .conftest import ON_EVERY_HTTP_BACKEND, ServeOnLoopback
 
 pytestmark = pytest.mark.anyio
 
@@ -397,16 +396,20 @@ async def test_a_chunk_that_never_succeeds_gives_incomplete_result_with_everythi
 
 
 @ON_EVERY_HTTP_BACKEND
-async def test_fault_mix_over_a_real_loopback_socket_loses_nothing(http_backend: str) -> None:
+async def test_fault_mix_over_a_real_loopback_socket_loses_nothing(
+    http_backend: str, serve_on_loopback: ServeOnLoopback
+) -> None:
     ids = [720575940600000000 + 104729 * i for i in range(3000)]
     faults = {"429": 0.05, "503": 0.05, "drop": 0.1, "truncate": 0.1, "slow": 0.05}
     fake = make_fake(faults=faults, seed=1)
-    with serve_in_thread(fake) as base_url:
-        async with client_for(
-            base_url=base_url, chunk_size=100, max_concurrency=8, http_backend=http_backend
-        ) as client:
-            result = await client.fetch_property(PROP, ids)
-            assert client.http_backend == http_backend
+    async with client_for(
+        base_url=serve_on_loopback(fake),
+        chunk_size=100,
+        max_concurrency=8,
+        http_backend=http_backend,
+    ) as client:
+        result = await client.fetch_property(PROP, ids)
+        assert client.http_backend == http_backend
 
     assert_every_segment_right(result, fake, ids)
     assert result.materialized_timestamp == START

@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from braincircuits_async import _cli, testing
+
+from .conftest import ServeOnLoopback
 
 IDS = [720575940600000000 + 7919 * i for i in range(300)]
 
@@ -21,10 +22,9 @@ def fake() -> testing.FakeBrainCircuits:
     return testing.FakeBrainCircuits()
 
 
-@pytest.fixture(scope="module")
-def server(fake: testing.FakeBrainCircuits) -> Iterator[str]:
-    with testing.serve_in_thread(fake) as base_url:
-        yield base_url
+@pytest.fixture
+def server(fake: testing.FakeBrainCircuits, serve_on_loopback: ServeOnLoopback) -> str:
+    return serve_on_loopback(fake)  # the module's fake, on the session's loopback server
 
 
 @pytest.fixture
@@ -143,19 +143,22 @@ def test_a_refused_token_exits_2_without_printing_it(
 
 
 def test_failed_segments_exit_1_and_the_rest_is_written(
-    monkeypatch: pytest.MonkeyPatch, ids_file: Path, tmp_path: Path, capsys: Any
+    monkeypatch: pytest.MonkeyPatch,
+    ids_file: Path,
+    tmp_path: Path,
+    capsys: Any,
+    serve_on_loopback: ServeOnLoopback,
 ) -> None:
     # Half the requests fail with 503 and are not retried: some chunks fail for good.
     fake = testing.FakeBrainCircuits(faults={"503": 0.5}, max_consecutive_faults=100, seed=1)
     out_file = tmp_path / "out.jsonl"
-    with testing.serve_in_thread(fake) as url:
-        monkeypatch.setenv("BRAINCIRCUITS_URL", url)
-        monkeypatch.setenv("BRAINCIRCUITS_TOKEN", testing.DEFAULT_TOKEN)
-        monkeypatch.setenv("BRAINCIRCUITS_CAVE_TOKEN", testing.DEFAULT_CAVE_TOKEN)
-        code, _, err = run(
-            capsys, "size", "--project", "fruitfly_fafb_flywire", "--ids", str(ids_file),
-            "--chunk-size", "20", "--max-retries", "0", "-o", str(out_file),
-        )  # fmt: skip
+    monkeypatch.setenv("BRAINCIRCUITS_URL", serve_on_loopback(fake))
+    monkeypatch.setenv("BRAINCIRCUITS_TOKEN", testing.DEFAULT_TOKEN)
+    monkeypatch.setenv("BRAINCIRCUITS_CAVE_TOKEN", testing.DEFAULT_CAVE_TOKEN)
+    code, _, err = run(
+        capsys, "size", "--project", "fruitfly_fafb_flywire", "--ids", str(ids_file),
+        "--chunk-size", "20", "--max-retries", "0", "-o", str(out_file),
+    )  # fmt: skip
     assert code == 1
     written = [json.loads(line)["segment_id"] for line in out_file.read_text().splitlines()]
     assert 0 < len(written) < len(IDS)

@@ -7,14 +7,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import pytest
 
 import braincircuits_async as bca
-from braincircuits_async.testing import FakeBrainCircuits, serve_in_thread
+from braincircuits_async.testing import FakeBrainCircuits
+
+from .conftest import ServeOnLoopback
 
 PROJECT = "fruitfly_fafb_flywire"
 IDS = list(range(1, 6001))
@@ -71,10 +72,9 @@ def wait_until(condition: object, timeout: float = 60.0) -> None:
 
 
 @pytest.fixture
-def fake_url() -> Iterator[tuple[FakeBrainCircuits, str]]:
+def fake_url(serve_on_loopback: ServeOnLoopback) -> tuple[FakeBrainCircuits, str]:
     fake = FakeBrainCircuits(latency=0.01)
-    with serve_in_thread(fake) as url:
-        yield fake, url
+    return fake, serve_on_loopback(fake)
 
 
 @pytest.fixture
