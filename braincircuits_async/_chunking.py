@@ -238,23 +238,27 @@ def normalize_steps(segments: Iterable[Any]) -> Generator[None, None, list[int]]
     else:
         iterator = iter(segments)
         pieces = iter(lambda: list(itertools.islice(iterator, SLICE)), [])
-    seen: dict[int, None] = {}
-    offset = 0
+    ids: list[int] = []
+    distinct: set[int] = set()
     for piece in pieces:
         # Fast path, entirely in C: plain ints inside the range.
         if not (
             set(map(type, piece)) == {int} and min(piece) >= 0 and max(piece) <= MAX_SEGMENT_ID
         ):
-            piece = [_one_id(v, offset + i) for i, v in enumerate(piece)]
-        # Pairs, not a dict: merging a dict into a large one costs about twice as much
-        # (100,000 ids: 6 ms against 14), and the first slice needs no merge at all.
-        if seen:
-            seen.update(zip(piece, itertools.repeat(None)))
-        else:
-            seen = dict.fromkeys(piece)
-        offset += len(piece)
+            piece = [_one_id(v, len(ids) + i) for i, v in enumerate(piece)]
+        ids.extend(piece)
+        distinct.update(piece)
         yield
-    return list(seen)
+    if len(distinct) == len(ids):
+        return ids  # no repeats (the common case): a set proves it at half a dict's cost
+    del distinct
+    # Repeats: the first of each, in order, a slice at a time (as pairs: merging a
+    # dict into a large one costs about twice as much).
+    first: dict[int, None] = {}
+    for start in range(0, len(ids), SLICE):
+        first.update(zip(ids[start : start + SLICE], itertools.repeat(None)))
+        yield
+    return list(first)
 
 
 def chunk_slices(total: int, size: int) -> list[tuple[int, int]]:
