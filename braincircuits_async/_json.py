@@ -14,7 +14,7 @@ import json
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 _fast_loads: Callable[[bytes], Any] | None
 _fast_dumps: Callable[[Any], bytes] | None
@@ -133,16 +133,43 @@ def _stdlib(body: bytes, hook: Callable[[Any], Any] | None = None) -> Any:
     return value
 
 
-def parse(body: bytes) -> tuple[Any, bytes | None]:
-    """The value of ``body`` and, when it was worked out, its digits translation."""
+class Reading(NamedTuple):
+    """A body's value; its digits translation, when worked out; whether it is exact."""
+
+    value: Any
+    digits: bytes | None
+    #: orjson writes ``value`` back as ``body``, byte for byte: so no key of the body
+    #: repeats, no integer was turned into a float, and the standard library reads
+    #: the same value.
+    written_back: bool = False
+
+
+def parse(body: bytes) -> Reading:
+    """The value of ``body``, the same with orjson or the standard library.
+
+    A compact body (what orjson, Starlette or ``separators=(",", ":")`` write) is
+    first read by orjson and written back: when that gives the body again, the
+    reading is exact, and both scans of the text (for long integers here, for
+    repeated keys in :func:`keys_are_unique`) are spared (500 ``link_pre`` answers:
+    27 us against 39; ``connectivity``: 138 against 226).
+    """
     if _fast_loads is None:
-        return _stdlib(body), None
+        return Reading(_stdlib(body), None)
+    head = body[:256]
+    if b'": ' not in head and b", " not in head:  # compact: worth writing back
+        value = _orjson(body)
+        if value is _REFUSED:
+            return Reading(_stdlib(body), None)
+        if _written_by_orjson(body, value):
+            return Reading(value, None, written_back=True)
+        digits = body.translate(_DIGITS)
+        return Reading(_stdlib(body) if _has_long_number(body, digits) else value, digits)
     digits = body.translate(_DIGITS)
     if not _has_long_number(body, digits):
         value = _orjson(body)
         if value is not _REFUSED:
-            return value, digits
-    return _stdlib(body), digits
+            return Reading(value, digits)
+    return Reading(_stdlib(body), digits)
 
 
 def loads(body: bytes) -> Any:
@@ -172,6 +199,7 @@ def request_body(ids: Sequence[int]) -> tuple[bytes, list[str]]:
 
 __all__ = [
     "MAX_DEPTH",
+    "Reading",
     "TooDeep",
     "keys_are_unique",
     "loads",

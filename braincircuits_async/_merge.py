@@ -110,7 +110,7 @@ def parse_answer(
         )
 
     try:
-        data, digits = parse(body)
+        data, digits, written_back = parse(body)
     except TooDeep:
         raise wrong(f"arrays and objects nested deeper than {MAX_DEPTH} levels") from None
     except (ValueError, RecursionError) as error:
@@ -148,7 +148,7 @@ def parse_answer(
             f"the value for segment {ids[bad]} is {type(values[bad]).__name__}, not an object"
         )
     # Both parsers keep a repeated key's last value; which one the server meant is unknown.
-    if not keys_are_unique(body, digits, data, results):
+    if not (written_back or keys_are_unique(body, digits, data, results)):
         repeated = repeated_key(body)
         if repeated is not None:
             raise wrong(repeated)

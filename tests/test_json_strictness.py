@@ -475,3 +475,60 @@ def test_the_request_body_and_its_keys_are_the_same_with_either_writer(
     parser: str, ids: list[int], body: bytes, keys: list[str]
 ) -> None:
     assert _json.request_body(ids) == (body, keys)
+
+
+# --- compact bodies: read by orjson and written back ------------------------------------
+
+
+def same_types(a: Any, b: Any) -> bool:
+    """Equal, with the same types all the way down (1 and 1.0 and True differ)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_types(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(map(same_types, a, b))
+    return bool(a == b)
+
+
+COMPACT = [
+    # (results of a compact body, whether orjson writes the body back byte for byte)
+    ('"1":{"n":1},"2":{"n":2}', True),
+    ('"1":{"n":18446744073709551616}', False),  # 2**64: orjson would make it a float
+    ('"1":{"n":-9223372036854775809}', False),  # below -2**63
+    ('"1":{"n":123456789012345678901234567890}', False),
+    ('"1":{"n":-0}', False),  # orjson writes 0
+    ('"1":{"n":1.50,"m":1E-7,"k":[0.1,2.0]}', False),  # orjson writes 1.5 and 1e-7
+    ('"1":{"n":1.5,"k":[0.1,2.0]}', True),
+    ('"1":{"s":"d\\u00e9j\\u00e0 vu"}', False),  # escapes: orjson writes the characters
+    ('"1":{"s":"déjà vu"}', True),
+    ('"1":{"n":null,"t":true,"l":[]}', True),
+]
+
+
+@pytest.mark.parametrize(("results", "written_back"), COMPACT)
+def test_a_compact_body_is_read_exactly_and_written_back_only_when_it_is_orjsons_own(
+    parser: str, results: str, written_back: bool
+) -> None:
+    body = answer_text(results)
+
+    reading = _json.parse(body)
+
+    assert same_types(reading.value, json.loads(body))
+    assert reading.written_back is (written_back and parser == "orjson")
+
+
+@pytest.mark.parametrize(
+    "results",
+    [
+        '"1":{"n":1},"1":{"n":2}',
+        '"1":{"n":18446744073709551616},"1":{"n":2}',
+        '"1":{"n":1.5},"1":{"n":1.5}',
+    ],
+)
+def test_a_compact_body_that_repeats_a_key_is_never_written_back(parser: str, results: str) -> None:
+    body = answer_text(results)
+
+    assert not _json.parse(body).written_back
+    with pytest.raises(MalformedResponseError, match="appears more than once"):
+        parse(body, (1,))
