@@ -26,7 +26,7 @@ from .conftest import ServeOnLoopback
 pytestmark = pytest.mark.anyio
 
 PROJECT = "fruitfly_fafb_flywire"
-IDS = list(range(1, 4001))  # 40 chunks of 100
+IDS = list(range(1, 2001))  # 20 chunks of 100
 Scope = dict[str, Any]
 
 
@@ -128,7 +128,7 @@ async def test_a_401_mid_run_keeps_every_chunk_and_the_rerun_sends_only_the_rest
     server: Server, store_path: Path
 ) -> None:
     plain = await plain_result(server)
-    server.expire_after(15)
+    server.expire_after(8)
     async with server.client(store=store_path) as client:
         with pytest.raises(bca.AuthenticationError) as caught:
             await client.fetch_property("link_pre", IDS)
@@ -138,7 +138,7 @@ async def test_a_401_mid_run_keeps_every_chunk_and_the_rerun_sends_only_the_rest
     assert caught.value.results == {"link_pre": partial}
     # Every chunk that succeeded is in the error, value for value, in request order,
     # those whose commit was still queued when the 401 came included.
-    assert len(partial) + len(partial.missing) == arrived == 15 * 100
+    assert len(partial) + len(partial.missing) == arrived == 8 * 100
     assert dict(partial) == {s: plain[s] for s in partial}
     assert list(partial) == [s for s in plain if s in partial]
     # ... and in the store.
@@ -209,9 +209,9 @@ async def test_partly_stored_ids_are_fetched_in_full_chunks(
         await client.fetch_property("link_pre", IDS[::2])  # every other id
         server.fake.log.reset()
         await client.fetch_property("link_pre", IDS)
-    # 2000 ids to fetch make 20 full chunks, not one request per gap.
-    assert server.fake.log.requests == 20
-    assert server.segments_requested() == 2000
+    # 1000 ids to fetch make 10 full chunks, not one request per gap.
+    assert server.fake.log.requests == 10
+    assert server.segments_requested() == 1000
 
 
 async def test_several_properties_and_streams_use_the_store(
@@ -335,7 +335,7 @@ async def test_commits_run_in_a_worker_thread(
     monkeypatch.setattr(_store.ResultStore, "_write", spy)
     async with server.client(store=store_path) as client:
         await client.fetch_property("link_pre", IDS)
-    assert len(threads) == 40  # one transaction per chunk
+    assert len(threads) == 20  # one transaction per chunk
     assert threading.main_thread() not in threads
 
 
@@ -416,7 +416,7 @@ async def test_a_stream_refetches_stale_stored_chunks_and_counts_each_segment_on
     server: Server, store_path: Path
 ) -> None:
     async with server.client(store=store_path) as client:
-        await client.fetch_property("link_pre", IDS[:2000])
+        await client.fetch_property("link_pre", IDS[:1000])
         new = server.fake.rollover()
         done: list[int] = []
         streamed: dict[int, Any] = {}
@@ -441,7 +441,7 @@ async def test_the_servers_materialization_decides_not_the_stores(
     plain = await plain_result(server)
     async with server.client(store=store_path) as client:
         server.fake.rollover()
-        await client.fetch_property("link_pre", IDS[:2000])
+        await client.fetch_property("link_pre", IDS[:1000])
         server.fake.reset()  # back to the first materialization
         result = await client.fetch_property("link_pre", IDS)
     assert result == plain
@@ -516,7 +516,7 @@ async def test_a_stream_reads_stored_values_chunk_by_chunk(
         streamed: dict[int, Any] = {}
         async for part in client.iter_property("link_pre", IDS):
             streamed.update(part)
-    assert looked_up == [False]  # the plan holds timestamps only, not 4000 values
+    assert looked_up == [False]  # the plan holds timestamps only, not 2000 values
     assert max(loaded) <= 100  # values read one chunk at a time
     assert streamed == server.expected(IDS)
     assert server.segments_requested() == 1 + loaded[0]  # the probe, the pruned chunk
@@ -562,5 +562,5 @@ async def test_answers_waiting_for_a_slow_store_stay_bounded(
     async with server.client(store=store_path, max_concurrency=2) as client:
         async for _ in client.iter_property("link_pre", IDS):
             pass  # a stream: what waits for the store is alive only because of it
-    assert len(queued) == 40
+    assert len(queued) == 20
     assert max(queued) < 2 * 2  # at most 2 * max_concurrency answers wait at once
