@@ -140,7 +140,8 @@ class Reading(NamedTuple):
     digits: bytes | None
     #: orjson writes ``value`` back as ``body``, byte for byte: so no key of the body
     #: repeats, no integer was turned into a float, and the standard library reads
-    #: the same value.
+    #: the same value. (orjson writes nothing nested deeper than about 254 levels, so
+    #: deeper bodies always take the scans.)
     written_back: bool = False
 
 
