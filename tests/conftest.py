@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -235,6 +237,13 @@ def serve_on_loopback(_loopback_server: tuple[_Routed, str]) -> Iterator[ServeOn
 
     def serve(app: Any) -> str:
         routed.app = app
+        # What uvicorn logs goes to this test's stderr, as with a server of its own
+        # (uvicorn's logging config takes the sys.stderr of the moment it starts).
+        # Not setStream: it flushes the old stream, which may be a closed capsys one.
+        # Only uvicorn's own handler: pytest's capturing ones are StreamHandlers too.
+        for handler in logging.getLogger("uvicorn").handlers:
+            if type(handler) is logging.StreamHandler:
+                handler.stream = sys.stderr
         return url
 
     try:
