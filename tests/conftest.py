@@ -201,7 +201,13 @@ def make_client() -> Callable[..., bca.AsyncClient]:
 
 
 class _Routed:
-    """The app of the session's loopback server: hands each request to the current test's app."""
+    """The app of the session's loopback server: hands each request to the current test's app.
+
+    The end of each answer is sent once the app has returned, so that what the app
+    does after its last send (the fake logs the request then; a wrapper may roll the
+    materialization over) is done before the client can act on the answer: a test
+    that resets or reads the fake's log after a fetch sees every request of it.
+    """
 
     def __init__(self) -> None:
         self.app: Any = None
@@ -210,7 +216,17 @@ class _Routed:
         app = self.app  # taken once: an answer still running when its test ends stays with it
         if app is None:
             raise RuntimeError("a request reached the shared loopback server between tests")
-        await app(scope, receive, send)
+        held: list[Any] = []
+
+        async def send_all_but_the_end(message: Any) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                held.append(message)
+            else:
+                await send(message)
+
+        await app(scope, receive, send_all_but_the_end)
+        for message in held:
+            await send(message)
 
 
 @pytest.fixture(scope="session")
