@@ -8,13 +8,11 @@ any echo of a token in an error body is blanked before it reaches a message.
 
 from __future__ import annotations
 
-import functools
 import http
 import importlib.util
 import ipaddress
 import json
 import logging
-import os
 import re
 import ssl
 from collections.abc import Iterable
@@ -129,28 +127,16 @@ def needs_tls(scheme: str, proxy: str | None) -> bool:
 
 
 def tls_context(*, needed: bool, trust_env: bool) -> ssl.SSLContext:
-    """The TLS context of a client's pools.
+    """The TLS context of a client's pools (one for all of them: building one costs 30-40 ms).
 
-    One per process and trust setting (and, with ``trust_env``, per
-    ``SSL_CERT_FILE``/``SSL_CERT_DIR``): building one costs 30-40 ms, which every
-    blocking ``bca.fetch_property`` (a client of its own) would pay again. Where no
-    TLS is used (plain HTTP: the fake, a local mirror), a context that trusts no
-    certificate at all: 1.5 ms, and any TLS it were ever used for would fail.
+    Where no TLS is used (plain HTTP: the fake, a local mirror), a context that
+    trusts no certificate at all: 1.5 ms, and any TLS it were ever used for would
+    fail. Not shared between clients: httpcore sets its ALPN protocols on every TLS
+    connection, which is not safe while another thread's client uses it, and the
+    environment (``SSL_CERT_FILE``, ``SSLKEYLOGFILE``) is read anew for each client.
     """
     if not needed:
         return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, and trusts nothing
-    if not trust_env:
-        return _shared_tls_context(False, None, None)
-    return _shared_tls_context(
-        True, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
-    )
-
-
-@functools.lru_cache(maxsize=8)
-def _shared_tls_context(
-    trust_env: bool, cert_file: str | None, cert_dir: str | None
-) -> ssl.SSLContext:
-    # The environment's variables are part of the key: httpx reads them itself.
     return httpx.create_ssl_context(trust_env=trust_env)
 
 

@@ -1,10 +1,10 @@
-"""The TLS context of a client's pools: shared across clients, and none to build for plain HTTP."""
+"""The TLS context of a client's pools: none to build for plain HTTP."""
 
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
 
-import certifi
 import pytest
 
 from braincircuits_async._config import ClientConfig
@@ -37,31 +37,26 @@ def test_where_no_tls_is_used_the_context_verifies_and_trusts_no_certificate() -
     assert context.cert_store_stats()["x509_ca"] == 0
 
 
-def test_the_context_for_tls_is_built_once_per_process_and_trusts_the_usual_authorities(
-    monkeypatch: pytest.MonkeyPatch,
+def test_the_context_for_tls_verifies_and_trusts_the_usual_authorities() -> None:
+    context = tls_context(needed=True, trust_env=False)
+
+    assert context.verify_mode is ssl.CERT_REQUIRED
+    assert context.check_hostname
+    assert context.cert_store_stats()["x509_ca"] > 0
+
+
+def test_ssl_cert_file_is_honoured_unless_the_environment_is_ignored(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    # An authorities file with none in it: a context that honours it trusts nothing.
+    empty = tmp_path / "none.pem"
+    empty.write_text("")
+    monkeypatch.setenv("SSL_CERT_FILE", str(empty))
     monkeypatch.delenv("SSL_CERT_DIR", raising=False)
 
-    first = tls_context(needed=True, trust_env=True)
-
-    assert tls_context(needed=True, trust_env=True) is first
-    assert first.verify_mode is ssl.CERT_REQUIRED
-    assert first.cert_store_stats()["x509_ca"] > 0
-
-
-def test_ssl_cert_file_gets_a_context_of_its_own_unless_the_environment_is_ignored(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
-    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
-    usual = tls_context(needed=True, trust_env=True)
-    ignoring = tls_context(needed=True, trust_env=False)
-
-    monkeypatch.setenv("SSL_CERT_FILE", certifi.where())
-
-    assert tls_context(needed=True, trust_env=True) is not usual
-    assert tls_context(needed=True, trust_env=False) is ignoring
+    with pytest.raises(ssl.SSLError):
+        tls_context(needed=True, trust_env=True)
+    assert tls_context(needed=True, trust_env=False).cert_store_stats()["x509_ca"] > 0
 
 
 @pytest.mark.parametrize(
