@@ -127,6 +127,17 @@ def requested(request: httpx.Request) -> list[int]:
     return segments
 
 
+def too_large_above(limit: int) -> Any:
+    """A :class:`ScriptedServer` handler: 413 for a request of more than ``limit`` segments."""
+
+    async def handler(request: httpx.Request, number: int) -> httpx.Response | None:
+        if len(requested(request)) > limit:
+            return httpx.Response(413, json={"detail": f"at most {limit} segments"})
+        return None
+
+    return handler
+
+
 Handler = Callable[[httpx.Request, int], Awaitable[httpx.Response | None]]
 
 
@@ -237,6 +248,18 @@ def _loopback_server() -> Iterator[tuple[_Routed, str]]:
 
 
 ServeOnLoopback = Callable[[Any], str]
+
+
+@pytest.fixture(scope="module")
+def fake() -> testing.FakeBrainCircuits:
+    """A fake server, one per test module (a module's own ``fake`` fixture overrides it)."""
+    return testing.FakeBrainCircuits()
+
+
+@pytest.fixture
+def fake_url(fake: testing.FakeBrainCircuits, serve_on_loopback: ServeOnLoopback) -> str:
+    """The URL of the module's :func:`fake`, on the session's loopback server."""
+    return serve_on_loopback(fake)
 
 
 @pytest.fixture

@@ -20,21 +20,11 @@ PROJECT = "fruitfly_fafb_flywire"
 IDS = [720575940600000000 + 7919 * i for i in range(300)]
 
 
-@pytest.fixture(scope="module")
-def fake() -> testing.FakeBrainCircuits:
-    return testing.FakeBrainCircuits()
-
-
-@pytest.fixture
-def server(fake: testing.FakeBrainCircuits, serve_on_loopback: ServeOnLoopback) -> str:
-    return serve_on_loopback(fake)  # the module's fake, on the session's loopback server
-
-
 @pytest.fixture
 def ids_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: str, fake: testing.FakeBrainCircuits
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_url: str, fake: testing.FakeBrainCircuits
 ) -> Path:
-    monkeypatch.setenv("BRAINCIRCUITS_URL", server)
+    monkeypatch.setenv("BRAINCIRCUITS_URL", fake_url)
     monkeypatch.setenv("BRAINCIRCUITS_TOKEN", testing.DEFAULT_TOKEN)
     monkeypatch.setenv("BRAINCIRCUITS_CAVE_TOKEN", testing.DEFAULT_CAVE_TOKEN)
     fake.reset()

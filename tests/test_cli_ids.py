@@ -12,8 +12,6 @@ import pytest
 
 from braincircuits_async import _cli, _cli_ids, testing
 
-from .conftest import ServeOnLoopback
-
 PROJECT = "fruitfly_fafb_flywire"
 A, B, C = 720575940600000000, 720575940600007919, 720575940600015838
 
@@ -95,19 +93,9 @@ def test_the_delimiter_is_found_on_the_first_line(line: str, delimiter: str) -> 
 # --- through the command -----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def fake() -> testing.FakeBrainCircuits:
-    return testing.FakeBrainCircuits()
-
-
 @pytest.fixture
-def server(fake: testing.FakeBrainCircuits, serve_on_loopback: ServeOnLoopback) -> str:
-    return serve_on_loopback(fake)  # the module's fake, on the session's loopback server
-
-
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, server: str, fake: testing.FakeBrainCircuits) -> None:
-    monkeypatch.setenv("BRAINCIRCUITS_URL", server)
+def env(monkeypatch: pytest.MonkeyPatch, fake_url: str, fake: testing.FakeBrainCircuits) -> None:
+    monkeypatch.setenv("BRAINCIRCUITS_URL", fake_url)
     monkeypatch.setenv("BRAINCIRCUITS_TOKEN", testing.DEFAULT_TOKEN)
     monkeypatch.setenv("BRAINCIRCUITS_CAVE_TOKEN", testing.DEFAULT_CAVE_TOKEN)
     fake.log.reset()

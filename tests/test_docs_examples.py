@@ -18,8 +18,6 @@ import pytest
 
 from braincircuits_async import testing
 
-from .conftest import ServeOnLoopback
-
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"(<!-- (?:skip|notebook[^>]*) -->\s*\n)?```python\n(.*?)```", re.S)
 GUIDE = ROOT / "docs" / "testing.md"  # its examples are a pytest module, run as one
@@ -39,16 +37,6 @@ ALL = [example for page in PAGES for example in examples(page)]
 # Examples that define tests are run by pytest, as one module per page.
 TEST_MODULES = [example for example in ALL if "def test_" in example[1]]
 EXAMPLES = [example for example in ALL if example not in TEST_MODULES]
-
-
-@pytest.fixture(scope="module")
-def fake() -> testing.FakeBrainCircuits:
-    return testing.FakeBrainCircuits()
-
-
-@pytest.fixture
-def fake_url(fake: testing.FakeBrainCircuits, serve_on_loopback: ServeOnLoopback) -> str:
-    return serve_on_loopback(fake)  # the module's fake, on the session's loopback server
 
 
 @pytest.fixture

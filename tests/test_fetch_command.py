@@ -17,22 +17,12 @@ from .conftest import ServeOnLoopback
 IDS = [720575940600000000 + 7919 * i for i in range(300)]
 
 
-@pytest.fixture(scope="module")
-def fake() -> testing.FakeBrainCircuits:
-    return testing.FakeBrainCircuits()
-
-
 @pytest.fixture
-def server(fake: testing.FakeBrainCircuits, serve_on_loopback: ServeOnLoopback) -> str:
-    return serve_on_loopback(fake)  # the module's fake, on the session's loopback server
-
-
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, server: str) -> str:
-    monkeypatch.setenv("BRAINCIRCUITS_URL", server)
+def env(monkeypatch: pytest.MonkeyPatch, fake_url: str) -> str:
+    monkeypatch.setenv("BRAINCIRCUITS_URL", fake_url)
     monkeypatch.setenv("BRAINCIRCUITS_TOKEN", testing.DEFAULT_TOKEN)
     monkeypatch.setenv("BRAINCIRCUITS_CAVE_TOKEN", testing.DEFAULT_CAVE_TOKEN)
-    return server
+    return fake_url
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 
 import braincircuits_async as bca
 
-from .conftest import ScriptedServer, requested, value_for
+from .conftest import ScriptedServer, requested, too_large_above, value_for
 
 pytestmark = pytest.mark.anyio
 
@@ -26,15 +26,6 @@ IDS = range(5000)  # 10 chunks of 500
 
 async def refuse_everything(request: httpx.Request, number: int) -> httpx.Response | None:
     return httpx.Response(413, json={"detail": "request entity too large"})
-
-
-def too_large_above(limit: int) -> Any:
-    async def handler(request: httpx.Request, number: int) -> httpx.Response | None:
-        if len(requested(request)) > limit:
-            return httpx.Response(413, json={"detail": f"at most {limit} segments"})
-        return None
-
-    return handler
 
 
 async def test_a_server_that_refuses_everything_gets_a_few_dozen_requests_not_two_per_id(

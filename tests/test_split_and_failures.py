@@ -9,18 +9,9 @@ import pytest
 
 import braincircuits_async as bca
 
-from .conftest import ScriptedServer, requested, value_for
+from .conftest import ScriptedServer, requested, too_large_above, value_for
 
 pytestmark = pytest.mark.anyio
-
-
-def too_large_above(limit: int) -> Any:
-    async def handler(request: httpx.Request, number: int) -> httpx.Response | None:
-        if len(requested(request)) > limit:
-            return httpx.Response(413, json={"detail": f"at most {limit} segments"})
-        return None
-
-    return handler
 
 
 async def test_413_tries_one_segment_then_halves_the_rest_and_fetches_every_piece(
